@@ -1,0 +1,87 @@
+"""Resolve a `model.base` (embedded name, local directory, hub id) and load tokenizer and model from it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tunesmith.errors import ModelError
+from tunesmith.models.registry import EMBEDDED
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class ResolvedModel:
+    name: str  # what the user wrote
+    path: str  # a local directory, or a hub id when the hub is reachable
+    source: str  # "embedded" | "local" | "hub"
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(name: str) -> ResolvedModel:
+    if name in EMBEDDED:
+        return ResolvedModel(name, str(EMBEDDED[name].locate()), "embedded")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder '{path}' has no config.json",
+                             "point model.base at a Hugging Face model folder (config.json + weights)")
+        return ResolvedModel(name, str(path.resolve()), "local")
+    if name.count("/") != 1 or path.suffix or name.startswith((".", "/", "~")):
+        raise ModelError(f"model.base '{name}' is neither an embedded model, a local folder, nor a hub id",
+                         f"use one of {', '.join(EMBEDDED)}, a folder with config.json, or an 'org/name' hub id")
+    # Probe first: transformers retries an unreachable hub for ~25 s before it gives up.
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return ResolvedModel(name, str(Path(cached).parent), "hub")
+    if not _hub_reachable():
+        raise ModelError(f"model.base '{name}' is a hub id, but the Hugging Face hub cannot be reached "
+                         "(offline, or HF_HUB_OFFLINE is set) and the model is not in the local cache",
+                         f"use an embedded model ({', '.join(EMBEDDED)}) or download the model elsewhere and "
+                         "point model.base at its folder")
+    return ResolvedModel(name, name, "hub")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def load_causal_lm(path: str, dtype):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        # safetensors only: pickle-based .bin weights can execute code when loaded.
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a causal language model from '{path}': {str(exc).splitlines()[0]}",
+                         "check that the folder holds config.json and *.safetensors weights of a decoder model "
+                         "(GPT-2, Llama, Qwen, ...)") from None

@@ -1,0 +1,199 @@
+"""The stages chained: prepare data → train → eval → report. Each stage reads what the previous one wrote to
+the run directory, so `tunesmith eval RUN` and `tunesmith report RUN` can be rerun alone."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from tunesmith.config import ProjectConfig, dump_config
+from tunesmith.console import console
+from tunesmith.data.check import check, require_usable, summarize
+from tunesmith.data.formats import Example, expand_paths
+from tunesmith.data.split import split
+from tunesmith.data.tokenize import ensure_chat_template, tokenize_example, with_system_prompt
+from tunesmith.errors import ConfigError, RunDirError
+from tunesmith.io import sha256_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tunesmith.models.load import ResolvedModel, load_tokenizer, resolve
+
+
+def _read(spec, config: ProjectConfig, role: str) -> tuple[list[Example], str | None]:
+    report = check(spec, config.data.format)
+    examples = require_usable(report, role)
+    warnings = [f for f in report.findings if f.severity == "warning"]
+    if warnings:
+        console.print(f"[yellow]{role} data: {len(warnings)} warning(s) ({summarize(warnings)}); "
+                      f"`tunesmith data check` lists them[/yellow]")
+    return examples, report.format
+
+
+def _model_max_len(base_path: str) -> int | None:
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(base_path)
+    return getattr(model_config, "max_position_embeddings", None)
+
+
+def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str) -> dict:
+    """Read, check and split the data; tokenize it; write run_dir/data/. Returns the stats."""
+    if config.data.train is None:
+        raise ConfigError("data.train is not set", "add 'data: {train: path/to/train.jsonl}' to the project file "
+                          "or pass --set data.train=FILE")
+    train, fmt = _read(config.data.train, config, "train")
+    console.print(f"train data: {len(train)} rows, format {fmt}")
+    if config.data.eval is not None:
+        held, _ = _read(config.data.eval, config, "eval")
+        eval_source = "data.eval"
+    else:
+        train, held = split(train, config.data.eval_fraction, config.train.seed)
+        eval_source = f"{config.data.eval_fraction:.0%} of data.train (seed {config.train.seed})"
+    if config.data.test is not None:
+        test, _ = _read(config.data.test, config, "test")
+        test_source = "data.test"
+    else:
+        test, test_source = held, "the eval split (no data.test given: the same rows watched during training)"
+
+    max_len = config.data.max_seq_len
+    model_limit = _model_max_len(base_path)
+    if model_limit and max_len > model_limit:
+        console.print(f"data.max_seq_len {max_len} is above the model's limit; clipped to {model_limit}")
+        max_len = model_limit
+
+    removed: list[dict] = []
+    stats: dict = {"format": fmt, "max_seq_len": max_len, "eval_source": eval_source, "test_source": test_source}
+    data_dir = run_dir / "data"
+    for role, examples in (("train", train), ("eval", held)):
+        rows, truncated = [], 0
+        for example in examples:
+            tokens = tokenize_example(tokenizer, with_system_prompt(example.messages, config.data.system_prompt),
+                                      max_len)
+            if tokens is None:
+                removed.append({**example.to_json(), "_split": role,
+                                "_reason": f"no answer token left after truncation to {max_len} tokens"})
+                continue
+            truncated += tokens.truncated
+            rows.append({"input_ids": tokens.input_ids, "labels": tokens.labels, "truncated": tokens.truncated})
+        write_jsonl_atomic(data_dir / f"{role}.tokens.jsonl", rows)
+        lengths = [len(r["input_ids"]) for r in rows]
+        stats[role] = {"rows": len(examples), "kept": len(rows), "truncated": truncated,
+                       "tokens": sum(lengths), "max_tokens": max(lengths, default=0),
+                       "label_tokens": sum(sum(x != -100 for x in r["labels"]) for r in rows)}
+        if truncated:
+            console.print(f"[yellow]{role}: {truncated} row(s) truncated to {max_len} tokens[/yellow]")
+    if not stats["train"]["kept"]:
+        raise ConfigError(f"no train row has an answer token within data.max_seq_len={max_len}",
+                          "raise data.max_seq_len or shorten the prompts")
+    if removed:
+        console.print(f"[yellow]{len(removed)} row(s) removed, reasons in {data_dir / 'removed.jsonl'}[/yellow]")
+    stats["test"] = {"rows": len(test)}
+    stats["removed"] = len(removed)
+    write_jsonl_atomic(data_dir / "train.jsonl", [e.to_json() for e in train])
+    write_jsonl_atomic(data_dir / "eval.jsonl", [e.to_json() for e in held])
+    write_jsonl_atomic(data_dir / "test.jsonl", [e.to_json() for e in test])
+    write_jsonl_atomic(data_dir / "removed.jsonl", removed)
+    write_json_atomic(data_dir / "stats.json", stats)
+    return stats
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("tunesmith", "torch", "transformers", "peft", "accelerate", "tokenizers"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return result.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _hardware() -> dict:
+    import os
+
+    import torch
+
+    info = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _dataset_hashes(config: ProjectConfig) -> dict[str, str]:
+    hashes = {}
+    for spec in (config.data.train, config.data.eval, config.data.test):
+        for path in expand_paths(spec):
+            hashes[str(path)] = sha256_file(path)
+    return hashes
+
+
+def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Never silently overwrite a finished run; --force replaces it, --resume continues it."""
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise RunDirError(f"nothing to resume in '{run_dir}'", "drop --resume to start a new run")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise RunDirError(f"run directory '{run_dir}' already holds a run",
+                              "pass --force to replace it, --resume to continue it, or set another output "
+                              "(--set output=runs/NEW)")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict:
+    """`tunesmith train`: prepare the data and fit; returns the run card."""
+    from tunesmith.train.loop import fit
+
+    if config.task != "generation":
+        raise ConfigError(f"task '{config.task}' is not trainable in this version (generation only so far)",
+                          "set task: generation")
+    run_dir = Path(config.output)
+    started = time.time()
+    resolved: ResolvedModel = resolve(config.model.base)
+    _claim_run_dir(run_dir, resume, force)
+    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    tokenizer = load_tokenizer(resolved.path)
+    ensure_chat_template(tokenizer)
+    stats = prepare_data(config, run_dir, tokenizer, resolved.path)
+    summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume)
+    card = {"name": config.name, "task": config.task, "model": {"base": config.model.base, "path": resolved.path,
+                                                                "source": resolved.source},
+            "method": config.method.kind, "seed": config.train.seed, "datasets_sha256": _dataset_hashes(config),
+            "rows": {k: stats[k] for k in ("train", "eval", "test")}, "removed_rows": stats["removed"],
+            "train": summary, "versions": _versions(), "git_commit": _git_commit(), "hardware": _hardware(),
+            "wall_seconds": {"train": round(time.time() - started, 1)}}
+    write_json_atomic(run_dir / "run_card.json", card)
+    return card
+
+
+def run_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict:
+    """`tunesmith run`: train, evaluate base vs fine-tuned, write the report. Returns eval/metrics.json."""
+    from tunesmith.eval.evaluate import evaluate
+    from tunesmith.report import write_report
+
+    started = time.time()
+    card = train_project(config, resume=resume, force=force)
+    run_dir = Path(config.output)
+    eval_started = time.time()
+    metrics = evaluate(config, run_dir)
+    card["wall_seconds"]["eval"] = round(time.time() - eval_started, 1)
+    card["wall_seconds"]["total"] = round(time.time() - started, 1)
+    write_json_atomic(run_dir / "run_card.json", card)
+    write_report(run_dir)
+    return metrics
+
+
+def read_run_card(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "run_card.json").read_text())
