@@ -125,6 +125,10 @@ def data_split(file: Annotated[Path, typer.Argument(help="A JSONL file to split.
 
 def main() -> None:
     try:
+        if len(sys.argv) > 1 and sys.argv[1] in ("run", "train", "eval"):
+            from tunesmith.console import quiet_libraries
+
+            quiet_libraries()
         app()
     except TunesmithError as exc:
         err_console.print(f"[red]error:[/red] {escape(exc.render())}")

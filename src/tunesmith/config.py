@@ -59,6 +59,8 @@ class TrainConfig(_Section):
     seed: int = 0
     log_every_steps: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast (fp32 master weights) on CUDA, fp32 on CPU (see train/loop.py: resolve_precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class EvalConfig(_Section):
@@ -247,7 +249,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if node is not None:
             lines = _line_map(node)
         base_dir = path.resolve().parent
-    raw = dict(raw or {})
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError("the project file must be a mapping of keys (task, data, model, ...)",
                           "start from examples/support/project.yaml", where=source)
@@ -268,7 +270,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None and "name" not in raw:
         raw["name"] = path.stem if path.stem != "project" else path.resolve().parent.name
     _fill_task_defaults(raw)
-    if not explicit_lr and (raw.get("method") or {}).get("kind") == "full" and raw.get("task", "generation") == "generation":
+    full_decoder = (raw.get("method") or {}).get("kind") == "full" and raw.get("task", "generation") == "generation"
+    if full_decoder and not explicit_lr:
         raw["train"]["lr"] = FULL_FINETUNE_LR
     config = _validate(raw, lines, source)
     if config.output is None:

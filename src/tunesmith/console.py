@@ -16,3 +16,18 @@ def progress_bar(*extra_fields: str) -> Progress:
     columns.append(TextColumn("{task.fields[info]}" if "info" in extra_fields else
                               "loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"))
     return Progress(*columns, console=console, transient=False)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars replace the libraries' per-file bars and deprecation chatter."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*(gradient_checkpointing|generation flags).*")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()

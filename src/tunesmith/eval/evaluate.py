@@ -17,14 +17,18 @@ from tunesmith.eval.metrics import compute, per_example_rouge_l
 from tunesmith.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve, torch_dtype
 from tunesmith.runs import load_run_config
-from tunesmith.train.loop import pick_device
+from tunesmith.train.loop import pick_device, resolve_precision
 
 
 def _examples_from_run(run_dir: Path) -> list[Example]:
     path = run_dir / "data" / "test.jsonl"
     if not path.is_file():
         raise RunDirError(f"'{path}' is missing", f"train first: `tunesmith train PROJECT.yaml` writes {path}")
-    return [Example(row["messages"], *row["_source"].rsplit(":", 1)) for row in read_jsonl(path)]
+    examples = []
+    for row in read_jsonl(path):
+        file, line = row["_source"].rsplit(":", 1)
+        examples.append(Example(row["messages"], file, int(line)))
+    return examples
 
 
 def _load_models(config: ProjectConfig, run_dir: Path, device: str):
@@ -63,18 +67,19 @@ def evaluate(config: ProjectConfig | None, run_dir: Path, data: str | None = Non
     names = list(config.eval.metrics) if config.eval.metrics != "auto" else \
         TASK_DEFAULTS[config.task]["eval.metrics"]
     model, base_path = _load_models(config, run_dir, device)
+    autocast = resolve_precision(config.train.precision, device)
     args = (tokenizer, prompts, config.eval.max_new_tokens, config.eval.batch_size)
 
     base_outputs: list[str] | None = None
     if config.eval.compare_base:
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
-                base_outputs = generate(model, *args, label="base")
+                base_outputs = generate(model, *args, label="base", autocast=autocast)
             model = model.merge_and_unload()  # merged weights generate faster than base + adapter
         else:
             base_outputs = generate(load_causal_lm(base_path, next(model.parameters()).dtype).to(device), *args,
-                                    label="base")
-    tuned_outputs = generate(model, *args, label="fine-tuned")
+                                    label="base", autocast=autocast)
+    tuned_outputs = generate(model, *args, label="fine-tuned", autocast=autocast)
 
     finetuned = compute(names, tuned_outputs, references)
     base = compute(names, base_outputs, references) if base_outputs is not None else {}

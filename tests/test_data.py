@@ -1,0 +1,119 @@
+import json
+import re
+from pathlib import Path
+
+from conftest import write_jsonl
+from helpers import cli
+from tunesmith.data.check import check
+from tunesmith.data.formats import read_file
+from tunesmith.data.split import split
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support"
+
+
+def test_three_formats_become_the_same_conversation(tmp_path):
+    rows = {"chat": {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
+            "prompt_completion": {"prompt": "Q", "completion": "A"},
+            "alpaca": {"instruction": "Q", "input": "", "output": "A"}}
+    for name, row in rows.items():
+        examples, findings, fmt, n = read_file(write_jsonl(tmp_path / f"{name}.jsonl", [row]))
+        assert fmt == name and n == 1 and not findings
+        assert examples[0].messages == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+
+
+def test_alpaca_input_is_appended_to_the_instruction(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Translate", "input": "chat", "output": "cat"}])
+    assert read_file(path)[0][0].messages[0]["content"] == "Translate\n\nchat"
+
+
+def test_check_reports_each_bad_row_with_line_field_and_fix(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join([
+        '{"prompt": "ok", "completion": "fine"}',
+        '{"prompt": "broken", "completion": ',
+        '{"prompt": "", "completion": "x"}',
+        '{"prompt": "q", "completion": 42}',
+        '["not", "an", "object"]',
+        '{"prompt": "ok", "completion": "fine"}',
+    ]) + "\n")
+    report = check(str(path))
+    by_line = {f.line: f for f in report.findings}
+    assert report.rows == 6 and report.usable == 2 and report.format == "prompt_completion"
+    assert by_line[2].code == "invalid_json" and by_line[2].severity == "error"
+    assert by_line[3].code == "empty_field" and by_line[3].field == "prompt"
+    assert by_line[4].code == "wrong_type" and by_line[4].field == "completion"
+    assert by_line[5].code == "not_an_object"
+    assert by_line[6].code == "duplicate" and by_line[6].severity == "warning" and by_line[6].related_lines == [1]
+    assert all(f.fix for f in report.findings)
+
+
+def test_chat_rows_with_unknown_roles_or_no_answer_are_errors(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"messages": [{"role": "user", "content": "hi"}]},
+    ])
+    codes = [(f.line, f.field, f.code) for f in check(str(path)).findings]
+    assert codes == [(1, "messages[0].role", "unknown_role"), (2, "messages", "no_assistant_turn")]
+
+
+def test_empty_and_non_utf8_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "latin.jsonl").write_bytes('{"prompt": "caf\xe9", "completion": "x"}\n'.encode("latin-1"))
+    assert [f.code for f in check(str(tmp_path / "empty.jsonl")).findings] == ["empty_file"]
+    assert [f.code for f in check(str(tmp_path / "latin.jsonl")).findings] == ["encoding"]
+
+
+def test_cli_check_json_and_exit_codes(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "q", "completion": "a"}])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q"}\n')
+    ok = cli("data", "check", good, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"rows": 1, "usable": 1, "format": "prompt_completion",
+                                                            "findings": []}
+    result = cli("data", "check", bad)
+    assert result.returncode == 1 and f"{bad}:1" in result.stdout and "completion" in result.stdout
+
+
+def test_split_is_seeded_disjoint_and_complete(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(50)])
+    examples = check(str(path)).examples
+    train, held = split(examples, 0.2, seed=3)
+    again_train, _ = split(examples, 0.2, seed=3)
+    other_train, _ = split(examples, 0.2, seed=4)
+    assert len(held) == 10 and len(train) == 40
+    assert {e.line for e in train} | {e.line for e in held} == set(range(1, 51))
+    assert [e.line for e in train] == [e.line for e in again_train] != [e.line for e in other_train]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def test_example_dataset_is_big_varied_and_test_questions_do_not_leak():
+    train = check(str(EXAMPLE / "train.jsonl"))
+    test = check(str(EXAMPLE / "test.jsonl"))
+    assert not train.findings and not test.findings
+    assert train.usable >= 600 and test.usable >= 100
+    assert len({e.meta["intent"] for e in train.examples}) >= 15
+    train_questions = [_words(e.messages[0]["content"]) for e in train.examples]
+    for example in test.examples:
+        words = _words(example.messages[0]["content"])
+        closest = max(len(words & q) / len(words | q) for q in train_questions)
+        assert closest < 0.8, example.messages[0]["content"]
+    # Not one template: answers are distinct and their openings vary.
+    answers = [e.reference for e in train.examples]
+    assert len(set(answers)) >= len(answers) - 2
+    assert len({" ".join(a.split()[:3]) for a in answers}) > 300
+
+
+def test_real_dialogsum_rows_read_as_prompt_completion(tmp_path, shared_data):
+    source = shared_data / "dialogsum" / "dialogsum.dev.jsonl"
+    if not source.is_file():
+        import pytest
+        pytest.skip("dialogsum not present")
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:200]]
+    path = write_jsonl(tmp_path / "dialogsum.jsonl", [{"prompt": f"Summarize:\n{r['dialogue']}",
+                                                       "completion": r["summary"]} for r in rows])
+    report = check(str(path))
+    assert report.usable == 200 and not report.errors
+    assert "#Person1#" in report.examples[0].messages[0]["content"]
