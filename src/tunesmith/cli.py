@@ -17,8 +17,6 @@ from tunesmith.errors import TunesmithError
 
 app = typer.Typer(help="Fine-tune, evaluate and report on language models from one YAML project file.",
                   pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False)
-data_app = typer.Typer(help="Check and split data sets before training.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a project key, e.g. --set "
                                                                    "train.epochs=1 (repeatable).")]
@@ -84,43 +82,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with ev
     console.print(f"wrote {write_report(run_dir)}")
 
 
-@data_app.command("check")
-def data_check(files: Annotated[list[Path], typer.Argument(help="JSONL files or folders.")],
-               format_: Annotated[str, typer.Option("--format", help="auto, chat, prompt_completion or alpaca.")]
-               = "auto",
-               as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False):
-    """Report every problem row by row (file:line  field  problem  → fix). Exit 1 when a row is unusable."""
-    from tunesmith.data.check import check, summarize
+from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
 
-    report = check([str(f) for f in files], format_)
-    if as_json:
-        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
-    else:
-        for finding in report.findings:
-            style = "red" if finding.severity == "error" else "yellow"
-            console.print(f"[{style}]{finding.severity}[/{style}] {escape(finding.render())}")
-        summary = f" ({summarize(report.findings)})" if report.findings else ""
-        console.print(f"{report.rows} rows, {report.usable} usable, format {report.format}, "
-                      f"{len(report.findings)} finding(s){summary}")
-    raise typer.Exit(1 if report.errors else 0)
-
-
-@data_app.command("split")
-def data_split(file: Annotated[Path, typer.Argument(help="A JSONL file to split.")],
-               out: Annotated[Path, typer.Option("-o", "--out", help="Folder for train.jsonl and eval.jsonl.")],
-               eval_fraction: Annotated[float, typer.Option(help="Share of rows for eval.")] = 0.1,
-               seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0):
-    """Split a data file into train.jsonl and eval.jsonl (canonical chat format), with a fixed seed."""
-    from tunesmith.data.check import check, require_usable
-    from tunesmith.data.split import split
-    from tunesmith.io import write_jsonl_atomic
-
-    examples = require_usable(check(str(file)), "input")
-    train_rows, eval_rows = split(examples, eval_fraction, seed)
-    write_jsonl_atomic(out / "train.jsonl", [e.to_json() for e in train_rows])
-    write_jsonl_atomic(out / "eval.jsonl", [e.to_json() for e in eval_rows])
-    console.print(f"{len(train_rows)} train rows → {out / 'train.jsonl'}, {len(eval_rows)} eval rows → "
-                  f"{out / 'eval.jsonl'}")
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

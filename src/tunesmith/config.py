@@ -24,11 +24,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class CleanConfig(_Section):
+    """What `tunesmith run` fixes before training (`tunesmith data clean` takes the same choices as flags)."""
+
+    normalize: bool = True  # Unicode NFC, one kind of newline, single spaces
+    strip_html: bool = True
+    fix_mojibake: bool = True
+    redact_pii: Literal["off", "mask", "drop"] = "off"
+    dedup: Literal["none", "exact", "near"] = "exact"
+    too_long: Literal["keep", "truncate", "drop"] = "keep"  # keep: the trainer truncates and counts it
+
+
 class DataConfig(_Section):
     train: str | list[str] | None = None  # file, list of files, or folder
     eval: str | list[str] | None = None  # watched during training; else split from train
     test: str | list[str] | None = None  # held out for the final metrics; else eval is used
-    format: Literal["auto", "chat", "prompt_completion", "alpaca"] = "auto"
+    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text_label", "text_labels",
+                    "text_target", "text"] = "auto"
+    # Which column plays which role when the names are not the usual ones, e.g. {input: ticket, label: team}.
+    # Roles: input, output, label, labels, target.
+    columns: dict[Literal["input", "output", "label", "labels", "target"], str] = {}
+    clean: CleanConfig = CleanConfig()
     max_seq_len: int | None = None  # None: the task default, clipped to the model's own limit
     eval_fraction: float = 0.1  # share of train split off as eval when data.eval is not given
     system_prompt: str | None = None  # prepended to records that have no system message of their own

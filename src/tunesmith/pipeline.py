@@ -13,8 +13,9 @@ from pathlib import Path
 
 from tunesmith.config import ProjectConfig, dump_config
 from tunesmith.console import console
-from tunesmith.data.check import check, require_usable, summarize
-from tunesmith.data.formats import Example, expand_paths
+from tunesmith.data.check import check, leakage_findings, require_usable, summarize
+from tunesmith.data.clean import CleanOptions, CleanResult, clean_examples
+from tunesmith.data.formats import GENERATION_FORMATS, Example, expand_paths
 from tunesmith.data.split import split
 from tunesmith.data.tokenize import ensure_chat_template, tokenize_example, with_system_prompt
 from tunesmith.errors import ConfigError, RunDirError
@@ -22,14 +23,26 @@ from tunesmith.io import sha256_file, write_json_atomic, write_jsonl_atomic, wri
 from tunesmith.models.load import ResolvedModel, load_tokenizer, resolve
 
 
-def _read(spec, config: ProjectConfig, role: str) -> tuple[list[Example], str | None]:
-    report = check(spec, config.data.format)
+def _read(spec, config: ProjectConfig, role: str, removed: list[dict]) -> tuple[list[Example], str | None]:
+    """Check a data spec (stop on unusable rows), then clean it as data.clean says; every removal is logged."""
+    report = check(spec, config.data.format, config.data.columns, config.task)
     examples = require_usable(report, role)
+    if report.format not in GENERATION_FORMATS and config.task == "generation":
+        raise ConfigError(f"the {role} data is {report.mapping}, but task is generation, which needs "
+                          "conversations or prompt/completion pairs",
+                          "give prompt/completion (or chat) data, or map the columns with data.columns")
+    console.print(f"{role} data: {report.rows} rows read as {report.mapping}")
     warnings = [f for f in report.findings if f.severity == "warning"]
     if warnings:
         console.print(f"[yellow]{role} data: {len(warnings)} warning(s) ({summarize(warnings)}); "
                       f"`tunesmith data check` lists them[/yellow]")
-    return examples, report.format
+    options = CleanOptions(**config.data.clean.model_dump())
+    result = CleanResult(rows_in=len(examples), rows_out=0)
+    clean_examples(examples, options, result)
+    if result.removed or result.changed:
+        console.print(f"{role} data cleaned: {result.accounting()}")
+    removed.extend({**row, "_split": role} for row in result.removed_rows)
+    return result.examples, report.format
 
 
 def _model_max_len(base_path: str) -> int | None:
@@ -44,27 +57,31 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
     if config.data.train is None:
         raise ConfigError("data.train is not set", "add 'data: {train: path/to/train.jsonl}' to the project file "
                           "or pass --set data.train=FILE")
-    train, fmt = _read(config.data.train, config, "train")
-    console.print(f"train data: {len(train)} rows, format {fmt}")
+    removed: list[dict] = []
+    train, fmt = _read(config.data.train, config, "train", removed)
     if config.data.eval is not None:
-        held, _ = _read(config.data.eval, config, "eval")
+        held, _ = _read(config.data.eval, config, "eval", removed)
         eval_source = "data.eval"
     else:
         train, held = split(train, config.data.eval_fraction, config.train.seed)
         eval_source = f"{config.data.eval_fraction:.0%} of data.train (seed {config.train.seed})"
     if config.data.test is not None:
-        test, _ = _read(config.data.test, config, "test")
+        test, _ = _read(config.data.test, config, "test", removed)
         test_source = "data.test"
     else:
         test, test_source = held, "the eval split (no data.test given: the same rows watched during training)"
 
+    for role, rows in (("eval", held), ("test", test)):
+        leaks = leakage_findings(train, rows) if role == "eval" or rows is not held else []
+        if leaks:
+            console.print(f"[yellow]{len(leaks)} {role} row(s) repeat a train prompt (leakage), e.g. "
+                          f"{leaks[0].file}:{leaks[0].line}: {leaks[0].message}[/yellow]")
     max_len = config.data.max_seq_len
     model_limit = _model_max_len(base_path)
     if model_limit and max_len > model_limit:
         console.print(f"data.max_seq_len {max_len} is above the model's limit; clipped to {model_limit}")
         max_len = model_limit
 
-    removed: list[dict] = []
     stats: dict = {"format": fmt, "max_seq_len": max_len, "eval_source": eval_source, "test_source": test_source}
     data_dir = run_dir / "data"
     for role, examples in (("train", train), ("eval", held)):

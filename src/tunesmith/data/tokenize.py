@@ -87,3 +87,10 @@ def tokenize_example(tokenizer, messages: list[dict], max_seq_len: int) -> Token
 def prompt_text(tokenizer, messages: list[dict]) -> str:
     """What the model sees at generation time: the conversation up to the assistant's turn."""
     return _render(tokenizer, messages, add_generation_prompt=True)
+
+
+def rendered_texts(tokenizer, examples) -> list[str]:
+    """Each example as the model will read it (chat template applied), for token counts."""
+    ensure_chat_template(tokenizer)
+    return [_render(tokenizer, e.messages, add_generation_prompt=False) if e.messages is not None else e.text
+            for e in examples]
