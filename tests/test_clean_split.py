@@ -101,3 +101,19 @@ def test_split_and_stats_cli(tmp_path):
     assert "leakage check: 0" in result.stdout
     bad = cli("data", "split", path, "-o", tmp_path / "s2", "--ratios", "0.5,0.1")
     assert bad.returncode == 1 and "ratios" in bad.stderr
+
+
+def test_stats_reports_token_percentiles_labels_and_plots(tmp_path, tiny_llama):
+    rows = [{"text": "short ticket " * (1 + i % 5), "label": "billing" if i % 3 else "network"} for i in range(30)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = tmp_path / "lengths.png"
+    result = cli("data", "stats", path, "--task", "classification", "--model", tiny_llama, "--max-seq-len", "8",
+                 "--plot", png, "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["rows"] == 30 and stats["labels"] == {"billing": 20, "network": 10}
+    assert stats["tokens"]["total"]["p50"] <= stats["tokens"]["total"]["p90"] <= stats["tokens"]["total"]["max"]
+    assert stats["over_max_seq_len"] == sum(1 + i % 5 > 4 for i in range(30)) or stats["over_max_seq_len"] > 0
+    assert sum(stats["histogram"]["counts"]) == 30
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,10 +6,10 @@ signatures of word 3-gram shingles, LSH banding for candidate pairs, and each ca
 its MinHash Jaccard estimate before groups are merged transitively.
 
 Why the MinHash is vectorized here rather than datasketch's `MinHash.update` per shingle: 100,000 rows of
-~1 KB are ~170 words each, so ~16.8M shingles; one `update` call costs ~10 µs (a SHA-1 and numpy work on
-128 values), ~170 s in all, past the 60 s budget of `data check`. Here each chunk of ~90 rows is hashed in a
+~1 KB are ~170 words each, so ~16.8M shingles; one `update` call costs ~9 µs (a SHA-1 and numpy work on
+128 values), ~155 s in all, past the 60 s budget of `data check`. Here each chunk of ~90 rows is hashed in a
 few numpy passes (~3 s for the 16.8M shingles × 128 permutations) and Python touches each word once,
-through a dict cache: ~12 s end to end (bench/dedup_bench.py). Datasketch still picks the band/row split.
+through a dict cache: ~11 s end to end on one core (bench/dedup_bench.py). Datasketch still picks the bands.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.8, num_perm
                           seed: int = 1) -> list[list[int]]:
     """Indices of texts whose word 3-gram Jaccard similarity is estimated at >= threshold, merged
     transitively; exact duplicates always share a group. Same seed, same groups."""
+    from scipy.sparse import coo_matrix  # scipy comes with datasketch; union-find as connected components
+    from scipy.sparse.csgraph import connected_components
+
     bands, rows = _band_params(threshold, num_perm)
     keys, labels = _unique_keys([normalize_for_match(t) for t in texts])
     # The empty key has no shingles, so no Jaccard similarity: empty rows group only as exact duplicates.
@@ -62,9 +65,6 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.8, num_perm
     left, right = _bucket_pairs(sig, bands, rows)
     keep = _estimates(sig, left, sig, right) >= threshold
     # Components over unique keys, then spread to rows: identical rows share a key, hence a component.
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = len(keys)
     edges = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (nodes[left[keep]], nodes[right[keep]])),
                        shape=(n, n))
@@ -129,7 +129,7 @@ def _groups(labels: np.ndarray) -> list[list[int]]:
 def _band_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) that datasketch's MinHashLSH picks: the split minimizing the summed false
     positive and false negative probability. 0.8 × 128 perms gives 9 bands × 13 rows: a pair at Jaccard
-    0.9 shares some band with probability 1 - (1 - 0.9^13)^9 = 0.93, one at 0.5 with 0.01."""
+    0.9 shares some band with probability 1 - (1 - 0.9^13)^9 = 0.93, one at 0.5 with 0.001."""
     if not 0 < threshold < 1:
         raise ConfigError(f"the near-duplicate threshold is {threshold}, it must be between 0 and 1",
                           "use e.g. 0.8 (rows sharing about 80% of their word 3-grams)")
@@ -212,10 +212,10 @@ def _shingle_hashes(keys: list[str], cache: dict[str, int]) -> tuple[np.ndarray,
 def _signatures(keys: list[str], num_perm: int, seed: int) -> np.ndarray:
     """MinHash signature per non-empty key, (len(keys), num_perm) uint32.
 
-    Permutation i is h_i(x) = ((a_i·x + b_i) mod 2^64) >> 32 over 32-bit shingle hashes x, with odd random
-    64-bit a_i and random b_i: Dietzfelbinger's multiply-add-shift, a strongly universal family (the role
-    datasketch's (a·x + b) mod (2^61 - 1) plays) with no modulo. The shift is monotone, so it is applied
-    after taking the minimum: two numpy passes per chunk (multiply-add, then min by key)."""
+    Permutation i is h_i(x) = ((a_i·x + b_i) mod 2^64) >> 32 over 32-bit shingle hashes x, with random
+    64-bit a_i (made odd) and b_i: Dietzfelbinger's multiply-add-shift, a strongly universal family (the role
+    datasketch's (a·x + b) mod (2^61 - 1) plays) whose modulo is uint64 wrap-around, free. The shift is
+    monotone, so it is applied after the minimum: three numpy passes per chunk (multiply, add, min by key)."""
     a, b = _permutations(num_perm, seed)
     sig = np.empty((len(keys), num_perm), dtype=np.uint32)
     cache: dict[str, int] = {}
