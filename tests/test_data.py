@@ -113,14 +113,20 @@ def test_example_dataset_is_big_varied_and_test_questions_do_not_leak():
     assert len({" ".join(a.split()[:3]) for a in answers}) > 300
 
 
-def test_real_dialogsum_rows_read_as_prompt_completion(tmp_path, shared_data):
+def test_real_dialogsum_is_read_checked_and_split(tmp_path, shared_data):
     source = shared_data / "dialogsum" / "dialogsum.dev.jsonl"
     if not source.is_file():
         import pytest
         pytest.skip("dialogsum not present")
-    rows = [json.loads(line) for line in source.read_text().splitlines()[:200]]
-    path = write_jsonl(tmp_path / "dialogsum.jsonl", [{"prompt": f"Summarize:\n{r['dialogue']}",
-                                                       "completion": r["summary"]} for r in rows])
-    report = check(str(path))
-    assert report.usable == 200 and not report.errors
-    assert "#Person1#" in report.examples[0].messages[0]["content"]
+    report = check(str(source), columns={"input": "dialogue", "output": "summary"})
+    assert (report.rows, report.usable, report.format) == (500, 500, "prompt_completion")
+    assert report.mapping == "prompt_completion (prompt ← 'dialogue', completion ← 'summary')"
+    assert not report.errors
+    first = report.examples[0]
+    assert first.line == 1 and "#Person1#" in first.messages[0]["content"] and first.meta["topic"]
+    result = cli("data", "split", source, "-o", tmp_path, "--column", "input=dialogue", "--column",
+                 "output=summary", "--ratios", "0.8,0.1,0.1", "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    sizes = [len((tmp_path / f"{n}.jsonl").read_text().splitlines()) for n in ("train", "eval", "test")]
+    assert sum(sizes) == 500 and sizes[1] == sizes[2] == 50
+    assert "leakage check: 0" in result.stdout

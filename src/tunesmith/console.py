@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)  # no hard wraps in logs and pipes
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def progress_bar(*extra_fields: str) -> Progress:
