@@ -18,7 +18,7 @@ def test_defaults_fill_every_field_and_paths_are_relative_to_the_project_file(tm
     config = load_config(write(tmp_path, "data:\n  train: train.jsonl\n"))
     assert config.task == "generation"
     assert config.model.base == "smollm2-135m-instruct"
-    assert config.method.kind == "lora" and config.method.r == 16 and config.method.lora_dropout == 0.05
+    assert config.method.kind == "lora" and config.method.r == 16 and config.method.lora_dropout == 0.0
     assert config.train.lr == 2.0e-4 and config.train.epochs == 2
     assert config.data.max_seq_len == 1024
     assert config.data.train == str(tmp_path / "train.jsonl")

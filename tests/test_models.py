@@ -73,7 +73,8 @@ def test_smollm2_lora_loss_falls_and_the_saved_adapter_reproduces_the_trained_mo
 
     from tunesmith.data.tokenize import ensure_chat_template
     from tunesmith.pipeline import train_project
-    from tunesmith.train.loop import eval_loss, read_tokenized, resolve_precision
+    from tunesmith.train.loop import eval_loss, read_tokenized
+    from tunesmith.train.precision import resolve_compute
 
     rows = [json.loads(line) for line in (EXAMPLE / "train.jsonl").read_text().splitlines()[:48]]
     write_jsonl(tmp_path / "train.jsonl", rows)
@@ -90,13 +91,13 @@ def test_smollm2_lora_loss_falls_and_the_saved_adapter_reproduces_the_trained_mo
     logged = [r["eval_loss"] for r in records if "eval_loss" in r][-1]
 
     base_path = resolve("smollm2-135m-instruct").path
-    model = PeftModel.from_pretrained(load_causal_lm(base_path, torch.float32), run / "adapter")
+    compute = resolve_compute("auto", "auto", "lora", "cpu")  # as in training
+    model = PeftModel.from_pretrained(load_causal_lm(base_path, compute.weights, compute.attention), run / "adapter")
     tokenizer = load_tokenizer(str(run / "adapter"))
     ensure_chat_template(tokenizer)
     rows = read_tokenized(run / "data" / "eval.tokens.jsonl")
-    autocast = resolve_precision("auto", "cpu")  # as in training
-    reloaded = eval_loss(model, rows, 6, tokenizer.pad_token_id, "cpu", autocast)
+    reloaded = eval_loss(model, rows, 6, tokenizer.pad_token_id, "cpu", compute)
     assert reloaded == pytest.approx(logged, abs=1e-4)
     with model.disable_adapter():
-        base = eval_loss(model, rows, 6, tokenizer.pad_token_id, "cpu", autocast)
+        base = eval_loss(model, rows, 6, tokenizer.pad_token_id, "cpu", compute)
     assert reloaded < base - 0.2  # the adapter learned something the base model did not know

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from tunesmith.config import TASK_DEFAULTS, ProjectConfig
 from tunesmith.console import console
 from tunesmith.data.check import check, require_usable
@@ -15,9 +17,10 @@ from tunesmith.errors import RunDirError
 from tunesmith.eval.generate import generate
 from tunesmith.eval.metrics import compute, per_example_rouge_l
 from tunesmith.io import read_jsonl, write_json_atomic, write_jsonl_atomic
-from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve, torch_dtype
+from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve
 from tunesmith.runs import load_run_config
-from tunesmith.train.loop import pick_device, resolve_precision
+from tunesmith.train.loop import pick_device
+from tunesmith.train.precision import resolve_compute
 
 
 def _examples_from_run(run_dir: Path) -> list[Example]:
@@ -38,7 +41,9 @@ def _load_models(config: ProjectConfig, run_dir: Path, device: str):
         raise RunDirError(f"'{adapter_dir}' is missing: the run has not finished training",
                           "run `tunesmith train PROJECT.yaml` (or `--resume` an interrupted run) first")
     base_path = resolve(config.model.base).path
-    dtype = torch_dtype(config.model.dtype, device)
+    # Generate in the dtype the model trained in: bf16 weights where the hardware computes bf16 natively.
+    compute = resolve_compute(config.train.precision, config.model.dtype, config.method.kind, device)
+    dtype = torch.bfloat16 if compute.autocast else compute.weights
     base = load_causal_lm(base_path, dtype).to(device)
     if (adapter_dir / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -67,19 +72,18 @@ def evaluate(config: ProjectConfig | None, run_dir: Path, data: str | None = Non
     names = list(config.eval.metrics) if config.eval.metrics != "auto" else \
         TASK_DEFAULTS[config.task]["eval.metrics"]
     model, base_path = _load_models(config, run_dir, device)
-    autocast = resolve_precision(config.train.precision, device)
     args = (tokenizer, prompts, config.eval.max_new_tokens, config.eval.batch_size)
 
     base_outputs: list[str] | None = None
     if config.eval.compare_base:
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
-                base_outputs = generate(model, *args, label="base", autocast=autocast)
+                base_outputs = generate(model, *args, label="base")
             model = model.merge_and_unload()  # merged weights generate faster than base + adapter
         else:
             base_outputs = generate(load_causal_lm(base_path, next(model.parameters()).dtype).to(device), *args,
-                                    label="base", autocast=autocast)
-    tuned_outputs = generate(model, *args, label="fine-tuned", autocast=autocast)
+                                    label="base")
+    tuned_outputs = generate(model, *args, label="fine-tuned")
 
     finetuned = compute(names, tuned_outputs, references)
     base = compute(names, base_outputs, references) if base_outputs is not None else {}

@@ -8,8 +8,7 @@ from tunesmith.console import progress_bar
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, label: str,
-             autocast: torch.dtype | None = None) -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, label: str) -> list[str]:
     model.eval()
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     device = next(model.parameters()).device
@@ -21,10 +20,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             ids = order[start:start + batch_size]
             batch = tokenizer([prompts[i] for i in ids], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                           pad_token_id=tokenizer.pad_token_id,
-                                           eos_token_id=tokenizer.eos_token_id)
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             new_tokens = generated[:, batch["input_ids"].shape[1]:]
             for i, row in zip(ids, new_tokens):
                 outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()

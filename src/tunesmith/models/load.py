@@ -67,20 +67,13 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def torch_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def load_causal_lm(path: str, dtype):
+def load_causal_lm(path: str, dtype, attention: str | None = None):
     from transformers import AutoModelForCausalLM
 
+    extra = {"attn_implementation": attention} if attention else {}
     try:
         # safetensors only: pickle-based .bin weights can execute code when loaded.
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **extra)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a causal language model from '{path}': {str(exc).splitlines()[0]}",
                          "check that the folder holds config.json and *.safetensors weights of a decoder model "

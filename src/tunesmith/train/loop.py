@@ -19,7 +19,8 @@ from tunesmith.data.batching import collate, length_grouped_batches
 from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
 from tunesmith.errors import ConfigError, RunDirError
 from tunesmith.models.adapters import apply_method, count_parameters
-from tunesmith.models.load import load_causal_lm, torch_dtype
+from tunesmith.models.load import load_causal_lm
+from tunesmith.train.precision import Compute, resolve_compute
 from tunesmith.train.checkpoint import (latest_checkpoint, load_training_state, load_weights, restore_rng,
                                         save_checkpoint, save_weights)
 
@@ -31,18 +32,6 @@ def pick_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
-
-
-def resolve_precision(setting: str, device: str) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32.
-
-    auto is fp32 on CPU: on this 2-core AVX512-BF16 machine a forward+backward A/B in one process gave bf16
-    autocast +25% (186 -> 234 tokens/s), but whole support-example runs were slower with it (about 185 vs
-    235 tokens/s per step), so bf16 on CPU stays opt-in (train.precision: bf16) until a benchmark settles it.
-    """
-    if setting == "bf16" or (setting == "auto" and device == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -58,7 +47,7 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     backbone = base.get_decoder()
     head = base.get_output_embeddings()
     hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    logits = head(hidden[:, :-1][keep]).float()  # cross-entropy in fp32 even under bf16 autocast
+    logits = head(hidden[:, :-1][keep]).float()  # cross-entropy in fp32 even when the model computes in bf16
     return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
 
 
@@ -73,13 +62,13 @@ def read_tokenized(path: Path) -> list[Tokenized]:
 
 @torch.no_grad()
 def eval_loss(model, rows: list[Tokenized], micro_batch_size: int, pad_id: int, device: str,
-              autocast: torch.dtype | None = None) -> float:
+              compute: Compute | None = None) -> float:
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     for start in range(0, len(order), micro_batch_size):
         batch = collate([rows[i] for i in order[start:start + micro_batch_size]], pad_id)
-        with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
+        with compute.context(device) if compute else torch.autocast(device, enabled=False):
             loss, n = label_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
         total, count = total + float(loss), count + n
     model.train()
@@ -123,14 +112,14 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     train_rows, eval_rows = read_tokenized(train_path), read_tokenized(eval_path)
     lengths = [len(r.input_ids) for r in train_rows]
 
-    model = load_causal_lm(base_path, torch_dtype(config.model.dtype, device))
+    compute = resolve_compute(cfg.precision, config.model.dtype, config.method.kind, device)
+    model = load_causal_lm(base_path, compute.weights, compute.attention)
     model = apply_method(model, config.method, device).to(device)
     model.config.use_cache = False
-    autocast = resolve_precision(cfg.precision, device)
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), "
                   f"method {config.method.kind}, device {device}, "
-                  f"{'bf16 autocast' if autocast else 'fp32'}")
+                  f"{compute.name}")
     model.train()
 
     micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
@@ -174,7 +163,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                 n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
                 step_loss = 0.0
                 for batch in tensors:
-                    with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
+                    with compute.context(device):
                         loss_sum, _ = label_loss_sum(model, batch)
                     (loss_sum / n_labels).backward()
                     step_loss += loss_sum.item() / n_labels
@@ -197,7 +186,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done or step == total_steps:
                     held = eval_loss(model, eval_rows, cfg.micro_batch_size, tokenizer.pad_token_id, device,
-                                     autocast)
+                                     compute)
                     log.write(json.dumps({"step": step, "epoch": round(step / steps_per_epoch, 4),
                                           "eval_loss": round(held, 6)}) + "\n")
                     log.flush()
@@ -208,7 +197,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         summary = {"steps": total_steps, "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
                    "peak_memory_mb": round(peak_memory_mb(device), 1), "train_seconds": round(train_seconds, 2),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device,
-                   "precision": "bf16" if autocast else "fp32"}
+                   "precision": compute.name}
         if record is not None:  # the last training record carries the run's throughput and memory
             log.write(json.dumps({**record, **summary}) + "\n")
 
