@@ -82,6 +82,8 @@ class TrainConfig(_Section):
     # auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; adapters and optimizer stay fp32
     # (see train/precision.py for the measurements)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Pack several examples into each row (each attends only to itself); auto: on CUDA, not on CPU.
+    packing: Literal["auto"] | bool = "auto"
 
 
 class EvalConfig(_Section):

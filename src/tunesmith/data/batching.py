@@ -38,3 +38,60 @@ def collate(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(row.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_best_fit(lengths: dict[int, int], indices: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: longest example first, each into the fullest row that still has room for it."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(indices, key=lambda i: lengths[i], reverse=True):
+        fits = [k for k in range(len(rows)) if room[k] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda k: room[k])
+            rows[best].append(i)
+            room[best] -= lengths[i]
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def packed_micro_batches(rows: list[Tokenized], indices: list[int], max_seq_len: int,
+                         micro_batch_size: int) -> list[list[list[int]]]:
+    """One optimizer step's examples packed into rows of at most max_seq_len tokens, grouped into micro-batches
+    that hold no more tokens than the padded micro-batches would (micro_batch_size x the longest example)."""
+    lengths = {i: len(rows[i].input_ids) for i in indices}
+    capacity = max(max(lengths.values()), max_seq_len)
+    packed = pack_best_fit(lengths, indices, capacity)
+    budget = micro_batch_size * max(lengths.values())
+    batches: list[list[list[int]]] = [[]]
+    for row in packed:
+        width = max(sum(lengths[i] for i in r) for r in batches[-1] + [row])
+        if batches[-1] and width * (len(batches[-1]) + 1) > budget:
+            batches.append([])
+        batches[-1].append(row)
+    return batches
+
+
+def collate_packed(packed: list[list[Tokenized]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Examples laid end to end in each row, each with its own position ids starting at 0.
+
+    No attention mask is passed: transformers derives a block-diagonal causal mask from position ids that
+    restart (masking_utils.find_packed_sequence_indices), so an example attends only to itself. The padding tail
+    is one more "sequence" that attends to itself and carries no label.
+    """
+    width = max(sum(len(r.input_ids) for r in row) for row in packed)
+    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(packed), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(packed), width), dtype=torch.long)
+    for b, row in enumerate(packed):
+        start = 0
+        for example in row:
+            n = len(example.input_ids)
+            ids[b, start:start + n] = torch.tensor(example.input_ids)
+            labels[b, start:start + n] = torch.tensor(example.labels)
+            labels[b, start] = IGNORE_INDEX  # never predict an example's first token from the one before it
+            positions[b, start:start + n] = torch.arange(n)
+            start += n
+        positions[b, start:] = torch.arange(width - start)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
