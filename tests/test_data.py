@@ -130,3 +130,13 @@ def test_real_dialogsum_is_read_checked_and_split(tmp_path, shared_data):
     sizes = [len((tmp_path / f"{n}.jsonl").read_text().splitlines()) for n in ("train", "eval", "test")]
     assert sum(sizes) == 500 and sizes[1] == sizes[2] == 50
     assert "leakage check: 0" in result.stdout
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    import tunesmith.data
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}, {"prompt": "q", "completion": "a"}])
+    for _ in range(2):  # still the function after the submodule has been imported
+        assert tunesmith.data.check(str(path)).usable == 2
+    result = tunesmith.data.clean(str(path), tmp_path / "out.jsonl", tunesmith.data.CleanOptions())
+    assert (result.rows_in, result.rows_out, dict(result.removed)) == (2, 1, {"duplicate": 1})
