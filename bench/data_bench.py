@@ -17,7 +17,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 WORDS = ("bill charge refund plan roaming data signal router phone sim esim port number account payment card "

@@ -4,7 +4,6 @@ JSONL data, and a cache folder inside pytest's temp dir so no test touches the u
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 

@@ -3,7 +3,6 @@ and the fix; no traceback), 2 bad usage."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated

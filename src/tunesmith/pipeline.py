@@ -71,8 +71,9 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
     else:
         test, test_source = held, "the eval split (no data.test given: the same rows watched during training)"
 
-    for role, rows in (("eval", held), ("test", test)):
-        leaks = leakage_findings(train, rows) if role == "eval" or rows is not held else []
+    held_out = [("eval", held)] + ([("test", test)] if test is not held else [])  # test may be the eval split
+    for role, rows in held_out:
+        leaks = leakage_findings(train, rows)
         if leaks:
             console.print(f"[yellow]{len(leaks)} {role} row(s) repeat a train prompt (leakage), e.g. "
                           f"{leaks[0].file}:{leaks[0].line}: {leaks[0].message}[/yellow]")

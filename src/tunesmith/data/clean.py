@@ -92,15 +92,8 @@ def clean_examples(examples: list[Example], options: CleanOptions, result: Clean
             if enabled and _map_texts(example, function):
                 result.changed[name] += 1
         if options.redact_pii != "off":
-            found: Counter = Counter()
-
-            def mask(text: str) -> str:
-                new, counts = content.redact_pii(text)
-                found.update(counts)
-                return new
-
             if options.redact_pii == "mask":
-                if _map_texts(example, mask):
+                if _map_texts(example, lambda text: content.redact_pii(text)[0]):
                     result.changed["pii_masked"] += 1
             elif any(issue.code.startswith("pii_") for _, text in example.texts() for issue in
                      content.scan_text(text)):

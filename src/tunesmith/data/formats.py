@@ -15,7 +15,6 @@ from pathlib import Path
 from tunesmith.data.readers import SUFFIXES, read_rows
 from tunesmith.errors import DataError
 
-FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion", "text_label", "text_labels", "text_target", "text")
 GENERATION_FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

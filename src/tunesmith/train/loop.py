@@ -3,6 +3,7 @@ checkpoints/ and adapter/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -71,7 +72,7 @@ def eval_loss(model, rows: list[Tokenized], micro_batch_size: int, pad_id: int, 
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     for start in range(0, len(order), micro_batch_size):
         batch = collate([rows[i] for i in order[start:start + micro_batch_size]], pad_id)
-        with compute.context(device) if compute else torch.autocast(device, enabled=False):
+        with compute.context(device) if compute else contextlib.nullcontext():
             loss, n = label_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
         total, count = total + float(loss), count + n
     model.train()
