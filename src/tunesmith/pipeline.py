@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -170,8 +171,9 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def train_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict:
-    """`tunesmith train`: prepare the data and fit; returns the run card."""
+def train_project(config: ProjectConfig, resume: bool = False, force: bool = False,
+                  on_eval: Callable[[int, float], bool] | None = None) -> dict:
+    """`tunesmith train`: prepare the data and fit; returns the run card. on_eval: see train.loop.fit."""
     from tunesmith.train.loop import fit
 
     if config.task != "generation":
@@ -185,7 +187,7 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     tokenizer = load_tokenizer(resolved.path)
     ensure_chat_template(tokenizer)
     stats = prepare_data(config, run_dir, tokenizer, resolved.path)
-    summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume)
+    summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume, on_eval=on_eval)
     card = {"name": config.name, "task": config.task, "model": {"base": config.model.base, "path": resolved.path,
                                                                 "source": resolved.source},
             "method": config.method.kind, "seed": config.train.seed, "datasets_sha256": _dataset_hashes(config),

@@ -9,6 +9,7 @@ import math
 import random
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -95,8 +96,12 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume: bool = False) -> dict:
-    """Train on run_dir/data/train.tokens.jsonl; return a summary for the run card."""
+def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume: bool = False,
+        on_eval: Callable[[int, float], bool] | None = None) -> dict:
+    """Train on run_dir/data/train.tokens.jsonl; return a summary for the run card.
+
+    on_eval(step, eval_loss) is called after each evaluation of the held-out loss; returning True stops the
+    run there (a sweep's pruner uses it). The summary then has "stopped_early": True."""
     cfg = config.train
     device = pick_device(cfg.device)
     if device == "cpu":
@@ -154,7 +159,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     elif metrics_path.exists():
         metrics_path.unlink()
 
-    tokens, train_seconds, record = 0, 0.0, None
+    tokens, train_seconds, record, stopped_early = 0, 0.0, None, False
     with open(metrics_path, "a", encoding="utf-8") as log, progress_bar() as progress:
         task = progress.add_task("training", total=total_steps, completed=step, loss=float("nan"), tps=0.0)
         while step < total_steps:
@@ -207,9 +212,14 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                     log.flush()
                     save_checkpoint(run_dir, step, model, optimizer, scheduler,
                                     {"epoch": step / steps_per_epoch, "eval_loss": held})
+                    if on_eval is not None and on_eval(step, held):
+                        stopped_early = True
+                        break
                 if step == total_steps:
                     break
-        summary = {"steps": total_steps, "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
+            if stopped_early:
+                break
+        summary = {"steps": step, "stopped_early": stopped_early, "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
                    "peak_memory_mb": round(peak_memory_mb(device), 1), "train_seconds": round(train_seconds, 2),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device,
                    "precision": compute.name}
