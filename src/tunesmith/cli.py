@@ -84,6 +84,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with ev
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
 
 app.add_typer(data_app, name="data")
+from tunesmith.cli_serve import register as register_serving  # noqa: E402  (serve, predict, chat)
+
+register_serving(app)
 
 
 def main() -> None:
