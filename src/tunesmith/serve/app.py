@@ -3,6 +3,8 @@
 Every client mistake is a 4xx in OpenAI's error shape ({"error": {"message", "type", "param", "code"}}) and the
 server stays up; a 5xx means a bug or a failed generation step. The event loop only validates, tokenizes and
 relays: generation runs on the engine's worker thread, which hands events back with call_soon_threadsafe.
+FastAPI is imported at module level (it resolves the handlers' annotations there); only `tunesmith serve`
+imports this module.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from tunesmith.serve.engine import Engine, EngineBusy, GenerationRequest
 from tunesmith.serve.guard import Guard
@@ -33,11 +40,6 @@ def _sse(obj: dict) -> str:
 
 
 def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | None = None):
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException
-
     app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
 
