@@ -129,16 +129,20 @@ def test_text_stream_holds_back_stop_prefixes_and_broken_characters():
     assert "".join(parts) + stream.finish() == "é\nUx" and not stream.stopped
 
 
-def test_non_generation_runs_and_bad_folders_are_clear_errors(tmp_path, run_dir):
+def test_non_generation_runs_and_bad_folders_are_clear_errors(tmp_path):
+    from tunesmith.errors import RunDirError
+    from tunesmith.serve.loading import load_served
+
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "config.yaml").write_text("name: c\ntask: classification\n")
-    result = cli("predict", tmp_path / "cls", "--input", tmp_path / "x.jsonl", "-o", tmp_path / "o.jsonl")
-    assert result.returncode == 1 and "does not exist" in result.stderr  # the input is checked first
+    with pytest.raises(RunDirError, match="classification run.*not built yet"):
+        load_served(tmp_path / "cls")
+    with pytest.raises(RunDirError, match="neither a run directory"):
+        load_served(tmp_path)
+    # Through the CLI: exit 1 and the message, no traceback.
     write_jsonl(tmp_path / "x.jsonl", [{"prompt": "hi"}])
     result = cli("predict", tmp_path / "cls", "--input", tmp_path / "x.jsonl", "-o", tmp_path / "o.jsonl")
     assert result.returncode == 1 and "classification run" in result.stderr and "Traceback" not in result.stderr
-    result = cli("predict", tmp_path, "--input", tmp_path / "x.jsonl", "-o", tmp_path / "o.jsonl")
-    assert result.returncode == 1 and "neither a run directory" in result.stderr
 
 
 def test_refuses_to_bind_a_public_address_without_a_key(tmp_path):
@@ -362,10 +366,13 @@ def test_predict_end_to_end(run_dir, tmp_path, client):
     assert written[0]["prediction"] == served_answer  # the reference turn was not shown to the model
     assert all(r["finish_reason"] == "length" and r["completion_tokens"] == 24 for r in written)
 
+    from tunesmith.errors import DataError
+    from tunesmith.serve.predict import read_prompts
+
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"answer": "no prompt"}, {"messages": "x"}])
-    result = cli("predict", run_dir, "--input", bad, "-o", tmp_path / "bad-out.jsonl")
-    assert result.returncode == 1 and f"{bad}:2" in result.stderr and f"{bad}:3" in result.stderr
-    assert not (tmp_path / "bad-out.jsonl").exists()
+    with pytest.raises(DataError) as caught:
+        read_prompts(bad)  # every bad row is listed, before any model is loaded
+    assert f"{bad}:2" in caught.value.message and f"{bad}:3" in caught.value.message
 
 
 def test_chat_repl_streams_answers(run_dir):
