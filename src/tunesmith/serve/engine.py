@@ -124,6 +124,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.pending: queue.Queue[GenerationRequest] = queue.Queue()
         self.stats = BatchStats()
+        self._stats_lock = threading.Lock()
         self.rows: list[_Row] = []
         self.cache = None
         self.mask: torch.Tensor | None = None
@@ -163,7 +164,8 @@ class Engine:
             request.cancelled = True  # the consumer stopped early: free the row
 
     def stats_json(self) -> dict:
-        return self.stats.to_json(self.pending.qsize(), len(self.rows))
+        with self._stats_lock:  # the worker updates the histogram while /health reads it
+            return self.stats.to_json(self.pending.qsize(), len(self.rows))
 
     # ---- the worker thread ----
 
@@ -259,8 +261,9 @@ class Engine:
         for row in rows:
             row.length += 1
         tokens = sample(out.logits[:, -1], rows)
-        self.stats.decode_steps += 1
-        self.stats.decode_batch_sizes[len(rows)] += 1
+        with self._stats_lock:
+            self.stats.decode_steps += 1
+            self.stats.decode_batch_sizes[len(rows)] += 1
         keep = [i for i, (row, token) in enumerate(zip(rows, tokens)) if self._advance(row, token)]
         if len(keep) == len(rows):
             return
