@@ -315,6 +315,8 @@ def test_client_mistakes_are_openai_shaped_4xx_and_the_server_stays_up(server, c
     too_long = httpx.post(url, headers=headers, json={**good, "messages": [{"role": "user", "content": "cups " * 300}]})
     assert too_long.json()["error"]["code"] == "context_length_exceeded"
     assert httpx.get(f"{server}/v1/nowhere", headers=headers).status_code == 404
+    empty = httpx.post(f"{server}/v1/completions", headers=headers, json={"model": "tiny", "prompt": ""})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt"
     # Chunked upload without Content-Length is capped too.
     chunked = httpx.post(url, headers=headers, content=iter([b"{" + b" " * 15_000, b" " * 15_000 + b"}"]))
     assert chunked.status_code == 413

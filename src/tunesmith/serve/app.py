@@ -75,6 +75,8 @@ def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | No
         requested, name = body.requested_max_tokens()
         if requested is not None and requested > limits.max_tokens:
             raise ApiError(400, f"'{name}' is {requested}; this server allows at most {limits.max_tokens}", name)
+        if not ids:
+            raise ApiError(400, "the prompt is empty", prompt_param)
         room = served.max_context - len(ids)
         if len(ids) > limits.max_prompt_tokens or room < 1:
             allowed = min(limits.max_prompt_tokens, served.max_context - 1)

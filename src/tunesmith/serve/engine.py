@@ -144,6 +144,8 @@ class Engine:
             self._thread.join(timeout=30)
 
     def submit(self, request: GenerationRequest) -> None:
+        if not request.prompt_ids or request.max_new_tokens < 1:
+            raise ValueError("a request needs at least one prompt token and max_new_tokens >= 1")
         if self.pending.qsize() >= self.max_queue:
             raise EngineBusy(f"{self.pending.qsize()} requests are waiting already")
         self.stats.requests += 1
@@ -200,13 +202,17 @@ class Engine:
         if not new:
             return
         new.sort(key=lambda r: len(r.prompt_ids))  # groups of similar length pad less
-        group: list[GenerationRequest] = []
+        groups: list[list[GenerationRequest]] = [[]]
         for request in new:
-            if group and (len(group) + 1) * len(request.prompt_ids) > PREFILL_TOKEN_BUDGET:
+            if groups[-1] and (len(groups[-1]) + 1) * len(request.prompt_ids) > PREFILL_TOKEN_BUDGET:
+                groups.append([])
+            groups[-1].append(request)
+        for group in groups:
+            try:
                 self._prefill(group)
-                group = []
-            group.append(request)
-        self._prefill(group)
+            except Exception as exc:  # fail these requests only; the running rows are untouched
+                for request in group:
+                    request.emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
 
     def _prefill(self, requests: list[GenerationRequest]) -> None:
         from transformers import DynamicCache
