@@ -33,9 +33,11 @@ class Served:
 def pick_dtype(setting: str, device: str):
     """auto: float32 on CPU, bfloat16 on CUDA.
 
-    On CPU, one decode step multiplies a handful of rows by every weight matrix; measured on the 2-core
-    AVX512-BF16 box with SmolLM2-135M (bench/serve_load.py notes), fp32 + SDPA attention decoded faster than
-    bf16 weights, unlike training, where bf16 wins because its matmuls are large."""
+    float32 on CPU serves the merged weights exactly (the LoRA update is merged in fp32). Whether bf16 weights
+    decode faster here is unsettled: two runs of SmolLM2-135M decode steps on the shared 2-core AVX512-BF16 box
+    disagreed (fp32 6x faster in one, bf16 ~1.2x faster in the other), the other jobs' noise being larger than
+    the difference. `--dtype bfloat16` is there to try; note that `tunesmith eval` generates with bf16 weights
+    on such CPUs (train/precision.py), so its greedy outputs can differ slightly from a float32 server's."""
     import torch
 
     if setting == "auto":
