@@ -198,6 +198,20 @@ def test_continuous_batching_matches_transformers_greedy(run_dir):
     assert done["finish_reason"] == "stop" and done["completion_tokens"] == k + 1
     assert done["text"] == served.tokenizer.decode(greedy[:k], skip_special_tokens=True)
 
+    # A consumer that stops listening frees its row at the next step (the client hung up).
+    engine = Engine(served.model, served.tokenizer).start()
+    try:
+        events = engine.stream(ids[0], served.max_context - len(ids[0]))
+        assert next(events)["type"] == "delta"
+        events.close()  # as the server does when a streaming client disconnects
+        for _ in range(600):  # bounded: the row leaves within a step or two
+            if engine.stats_json()["active"] == 0:
+                break
+            time.sleep(0.05)
+        assert engine.stats_json()["active"] == 0 and engine.stats.cancelled == 1 and engine.stats.finished == 0
+    finally:
+        engine.stop()
+
     # The adapter was merged: the served weights are not the base's.
     from tunesmith.models.load import load_causal_lm
 

@@ -65,6 +65,7 @@ class BatchStats:
 
     requests: int = 0
     finished: int = 0
+    cancelled: int = 0  # requests whose client went away; their rows were dropped
     generated_tokens: int = 0
     decode_steps: int = 0
     prefills: int = 0
@@ -72,7 +73,8 @@ class BatchStats:
 
     def to_json(self, waiting: int, active: int) -> dict:
         steps = max(self.decode_steps, 1)
-        return {"requests": self.requests, "finished": self.finished, "generated_tokens": self.generated_tokens,
+        return {"requests": self.requests, "finished": self.finished, "cancelled": self.cancelled,
+                "generated_tokens": self.generated_tokens,
                 "decode_steps": self.decode_steps, "prefills": self.prefills, "waiting": waiting, "active": active,
                 "max_batch_size_seen": max(self.decode_batch_sizes, default=0),
                 "mean_batch_size": round(sum(k * v for k, v in self.decode_batch_sizes.items()) / steps, 3),
@@ -198,6 +200,7 @@ class Engine:
                 new.append(self.pending.get_nowait())
         except queue.Empty:
             pass
+        self.stats.cancelled += sum(r.cancelled for r in new)
         new = [r for r in new if not r.cancelled]
         if not new:
             return
@@ -294,6 +297,7 @@ class Engine:
         """Take the row's new token: emit text, decide whether it goes on. Returns True to keep the row."""
         request = row.request
         if request.cancelled:
+            self.stats.cancelled += 1
             return False
         row.generated += 1
         self.stats.generated_tokens += 1
