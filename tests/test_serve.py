@@ -220,6 +220,57 @@ def test_continuous_batching_matches_transformers_greedy(run_dir):
     assert not torch.equal(served.model.state_dict()[name], base_model.state_dict()[name])
 
 
+def _engine_answers(served, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    from tunesmith.serve.engine import Engine, GenerationRequest
+
+    engine = Engine(served.model, served.tokenizer, batch_wait_s=0.0)
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    for i, ids in enumerate(prompts):  # queued before the start: they share one batch
+        engine.submit(GenerationRequest(ids, max_new_tokens, lambda e, i=i: events.put((i, e))))
+    answers: list = [None] * len(prompts)
+    engine.start()
+    try:
+        while any(a is None for a in answers):
+            i, event = events.get(timeout=120)
+            if event["type"] != "delta":
+                answers[i] = event["text"]
+    finally:
+        engine.stop()
+    return answers
+
+
+def test_export_folders_serve_like_the_run_and_other_architectures_work(run_dir, tmp_path, tiny_llama):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunesmith.eval.generate import generate
+    from tunesmith.serve.loading import load_served, render_chat
+
+    run = load_served(run_dir)
+    export = tmp_path / "support-export"
+    run.model.save_pretrained(export)
+    run.tokenizer.save_pretrained(export)
+    served = load_served(export, system_prompt=SYSTEM_PROMPT)  # an export has no project file
+    assert served.model_id == "support-export" and served.kind == "generate"
+    messages = [{"role": "user", "content": QUESTION}]
+    assert render_chat(served, messages) == render_chat(run, messages)
+    assert _engine_answers(served, [render_chat(served, messages)], 10) == \
+        _engine_answers(run, [render_chat(run, messages)], 10)
+
+    # A GPT-2 shaped model (learned positions, its own cache code) batched with prompts of different lengths.
+    gpt2 = tmp_path / "tiny-gpt2"
+    tokenizer = run.tokenizer
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                    ).save_pretrained(gpt2)
+    tokenizer.save_pretrained(gpt2)
+    served = load_served(gpt2)
+    prompts = [render_chat(served, [{"role": "user", "content": q}]) for q in (QUESTION, "Hi")]
+    expected = [generate(served.model, served.tokenizer, [served.tokenizer.decode(p)], 10, 1, "reference")[0]
+                for p in prompts]
+    assert [a.strip() for a in _engine_answers(served, prompts, 10)] == expected
+
+
 def served_base(run_dir: Path) -> Path:
     from tunesmith.models.load import resolve
     from tunesmith.runs import load_run_config
