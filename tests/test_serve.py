@@ -220,13 +220,15 @@ def test_continuous_batching_matches_transformers_greedy(run_dir):
     assert not torch.equal(served.model.state_dict()[name], base_model.state_dict()[name])
 
 
-def _engine_answers(served, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+def _engine_answers(served, prompts: list[list[int]], max_new_tokens: int | list[int],
+                    max_batch_size: int = 16) -> list[str]:
     from tunesmith.serve.engine import Engine, GenerationRequest
 
-    engine = Engine(served.model, served.tokenizer, batch_wait_s=0.0)
+    engine = Engine(served.model, served.tokenizer, batch_wait_s=0.0, max_batch_size=max_batch_size)
     events: queue.SimpleQueue = queue.SimpleQueue()
-    for i, ids in enumerate(prompts):  # queued before the start: they share one batch
-        engine.submit(GenerationRequest(ids, max_new_tokens, lambda e, i=i: events.put((i, e))))
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    for i, ids in enumerate(prompts):  # queued before the start, so the batching is the same every run
+        engine.submit(GenerationRequest(ids, budgets[i], lambda e, i=i: events.put((i, e))))
     answers: list = [None] * len(prompts)
     engine.start()
     try:
@@ -239,8 +241,8 @@ def _engine_answers(served, prompts: list[list[int]], max_new_tokens: int) -> li
     return answers
 
 
-def test_export_folders_serve_like_the_run_and_other_architectures_work(run_dir, tmp_path, tiny_llama):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_export_folders_serve_like_the_run_and_batching_matches_transformers(run_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     from tunesmith.eval.generate import generate
     from tunesmith.serve.loading import load_served, render_chat
@@ -256,19 +258,27 @@ def test_export_folders_serve_like_the_run_and_other_architectures_work(run_dir,
     assert _engine_answers(served, [render_chat(served, messages)], 10) == \
         _engine_answers(run, [render_chat(run, messages)], 10)
 
-    # A GPT-2 shaped model (learned positions, its own cache code) batched with prompts of different lengths.
-    gpt2 = tmp_path / "tiny-gpt2"
+    # Random models with lively outputs (the tiny run's greedy answer is one repeated token, which would hide
+    # a wrong position or a misaligned cache): a Llama (RoPE) and a GPT-2 (learned positions, its own cache code).
     tokenizer = run.tokenizer
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-                    ).save_pretrained(gpt2)
-    tokenizer.save_pretrained(gpt2)
-    served = load_served(gpt2)
-    prompts = [render_chat(served, [{"role": "user", "content": q}]) for q in (QUESTION, "Hi")]
-    expected = [generate(served.model, served.tokenizer, [served.tokenizer.decode(p)], 10, 1, "reference")[0]
-                for p in prompts]
-    assert [a.strip() for a in _engine_answers(served, prompts, 10)] == expected
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    configs = {"llama": LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3,
+                                    pad_token_id=tokenizer.pad_token_id, **ids),
+               "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, initializer_range=0.3, **ids)}
+    questions = [QUESTION, "Hi", "Ben has 9 blue cups and buys 1 more.", "Chen has 2 green cups. Count them, please."]
+    for name, config in configs.items():
+        folder = tmp_path / name
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        served = load_served(folder)
+        prompts = [render_chat(served, [{"role": "user", "content": q}]) for q in questions]
+        max_new = [12, 4, 12, 8]  # the 4-token row leaves early; the fourth prompt joins the running batch
+        expected = [generate(served.model, served.tokenizer, [served.tokenizer.decode(p)], n, 1, "reference")[0]
+                    for p, n in zip(prompts, max_new)]
+        assert len(set(expected)) == 4 and all(len(e) > 3 for e in expected)  # the check can see mistakes
+        assert [a.strip() for a in _engine_answers(served, prompts, max_new, max_batch_size=3)] == expected, name
 
 
 def served_base(run_dir: Path) -> Path:
