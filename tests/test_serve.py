@@ -266,7 +266,7 @@ def test_export_folders_serve_like_the_run_and_batching_matches_transformers(run
                                     num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3,
                                     pad_token_id=tokenizer.pad_token_id, **ids),
                "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, initializer_range=0.3, **ids)}
-    questions = [QUESTION, "Hi", "Ben has 9 blue cups and buys 1 more.", "Chen has 2 green cups. Count them, please."]
+    questions = [QUESTION, "Ben has 9 blue cups and buys 1 more.", "Chen has 2 green cups. Count them, please.", "Hi"]
     for name, config in configs.items():
         folder = tmp_path / name
         torch.manual_seed(0)
@@ -274,7 +274,8 @@ def test_export_folders_serve_like_the_run_and_batching_matches_transformers(run
         tokenizer.save_pretrained(folder)
         served = load_served(folder)
         prompts = [render_chat(served, [{"role": "user", "content": q}]) for q in questions]
-        max_new = [12, 4, 12, 8]  # the 4-token row leaves early; the fourth prompt joins the running batch
+        # The 4-token row leaves early and the short fourth prompt joins the running batch, left-padded to it.
+        max_new = [12, 4, 12, 8]
         expected = [generate(served.model, served.tokenizer, [served.tokenizer.decode(p)], n, 1, "reference")[0]
                     for p, n in zip(prompts, max_new)]
         assert len(set(expected)) == 4 and all(len(e) > 3 for e in expected)  # the check can see mistakes
