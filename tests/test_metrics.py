@@ -11,9 +11,10 @@ from tunesmith.eval import metrics
 from tunesmith.eval.wordnet import LEXNAMES, SYSTEM_WORDNET, WordNetMissing, install_wordnet, lexnames_text
 
 PREDICTIONS = ["The cat sat on the mat.", "He bought three apples\nand left the shop.", "Totally unrelated words",
-               "Paris is the capital of France."]
+               "Paris is the capital of France.", "Then he left the store.\nHe bought 3 apples."]
 REFERENCES = ["A cat was sitting on the mat.", "He bought 3 apples.\nThen he left the store.",
-              "The meeting moved to Tuesday.", "Paris is the capital of France."]
+              "The meeting moved to Tuesday.", "Paris is the capital of France.",
+              "He bought 3 apples.\nThen he left the store."]
 needs_wordnet = pytest.mark.skipif(not (SYSTEM_WORDNET / "data.noun").is_file(),
                                    reason="WordNet 3.0 (Debian wordnet-base) is not installed")
 
@@ -23,10 +24,10 @@ def test_rouge_matches_rouge_score_with_stemming_and_lsum_on_newlines():
 
     names = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     scorer = rouge_scorer.RougeScorer(names, use_stemmer=True)
-    expected = {n: sum(scorer.score(r, p)[n].fmeasure for p, r in zip(PREDICTIONS, REFERENCES)) / 4 for n in names}
+    expected = {n: sum(scorer.score(r, p)[n].fmeasure for p, r in zip(PREDICTIONS, REFERENCES)) / 5 for n in names}
     got = metrics.compute(names, PREDICTIONS, REFERENCES)
     assert got == pytest.approx({n: expected[n] for n in names}, abs=1e-6)
-    # Lsum differs from L exactly because the second pair has two sentences split by "\n".
+    # Lsum differs from L because the last pair has its two sentences (split by "\n") swapped.
     assert got["rougeLsum"] != got["rougeL"]
     assert metrics.compute(["rouge1"], ["the cat"], ["the cat"]) == {"rouge1": 1.0}
 
@@ -54,8 +55,8 @@ def test_bleu_and_chrf_match_sacrebleu_corpus_scores_divided_by_100():
 def test_bleu_with_a_variable_number_of_references_per_example():
     import sacrebleu
 
-    refs = [[REFERENCES[0], "The cat sat on the mat."], [REFERENCES[1]], [REFERENCES[2]], [REFERENCES[3]]]
-    streams = [[r[0] for r in refs], ["The cat sat on the mat.", None, None, None]]
+    refs = [[REFERENCES[0], "The cat sat on the mat."]] + [[r] for r in REFERENCES[1:]]
+    streams = [[r[0] for r in refs], ["The cat sat on the mat.", None, None, None, None]]
     got = metrics.compute(["bleu", "chrf"], PREDICTIONS, refs)
     assert got["bleu"] == round(sacrebleu.corpus_bleu(PREDICTIONS, streams).score / 100, 6)
     assert got["chrf"] == round(sacrebleu.corpus_chrf(PREDICTIONS, streams).score / 100, 6)
@@ -100,7 +101,7 @@ def test_meteor_matches_nltk_and_uses_wordnet_synonyms_offline():
     assert wordnet.synsets("car")[0].name() == "car.n.01"
     expected = [meteor_score([metrics.meteor_tokens(r)], metrics.meteor_tokens(p), wordnet=wordnet)
                 for p, r in zip(PREDICTIONS, REFERENCES)]
-    assert metrics.compute(["meteor"], PREDICTIONS, REFERENCES) == {"meteor": round(sum(expected) / 4, 6)}
+    assert metrics.compute(["meteor"], PREDICTIONS, REFERENCES) == pytest.approx({"meteor": sum(expected) / 5}, abs=1e-6)
     # The synonym stage: "auto" matches "car" through WordNet, "banana" matches nothing. (NLTK looks synonyms up
     # for the Porter stems the stem stage leaves behind, so "automobile" -> "automobil" would find none.)
     synonym = metrics.compute(["meteor"], ["the auto is red"], ["the car is red"])["meteor"]
