@@ -41,7 +41,9 @@ def test_run_end_to_end_writes_the_run_directory_contract(tiny_project):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"task", "n", "base", "finetuned", "delta"}
     assert metrics["n"] == 12 and metrics["task"] == "generation"
-    assert set(metrics["base"]) == set(metrics["finetuned"]) == {"rouge1", "rouge2", "rougeL", "exact_match"}
+    assert set(metrics["base"]) == set(metrics["finetuned"]) == {
+        "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "meteor", "exact_match", "perplexity",
+        "token_accuracy"}
     predictions = (run / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 12
     assert {"input", "reference", "base_output", "finetuned_output"} <= set(json.loads(predictions[0]))
