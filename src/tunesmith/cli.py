@@ -75,10 +75,11 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory written 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with eval/metrics.json.")]):
-    """Write report.md (metric table, loss curve, examples side by side) from a run directory."""
+    """Write report.html (self-contained) and report.md: metrics, loss curves, data, examples, forgetting."""
     from tunesmith.report import write_report
 
-    console.print(f"wrote {write_report(run_dir)}")
+    path = write_report(run_dir)
+    console.print(f"wrote {path} and {path.with_name('report.md')}")
 
 
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
