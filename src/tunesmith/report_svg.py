@@ -108,7 +108,7 @@ def histogram(values: list[float], element_id: str, title: str, x_label: str, bi
     counts = [0] * bins
     for v in values:
         counts[min(int((v - low) / width), bins - 1)] += 1
-    frame = _Frame(nice_ticks(low, low + width * bins), nice_ticks(0, max(counts)))
+    frame = _Frame(nice_ticks(low, low + width * bins), nice_ticks(0, max(max(counts), 4)))  # whole-row ticks
     parts = _open(element_id, title) + frame.axes(x_label, "rows")
     for b, count in enumerate(counts):
         x_left, x_right = frame.x(low + b * width), frame.x(low + (b + 1) * width)
