@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-CANDIDATES = [HERE.parents[2] / "shared" / "data", HERE.parents[3] / "shared" / "data"]
+CANDIDATES = [p / "shared" / "data" for p in list(HERE.parents)[1:4]]  # ../shared beside the checkout
 INSTRUCTION = "Summarize the following dialogue in one or two sentences.\n\n"
 
 
