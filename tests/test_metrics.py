@@ -136,3 +136,29 @@ def test_per_example_scores_rank_examples():
     scores = metrics.per_example(["rougeL"], PREDICTIONS, REFERENCES)
     assert scores["rougeL"][3] == 1.0 and scores["rougeL"][2] < scores["rougeL"][0]
     assert "meteor" not in scores
+
+
+def test_meteor_without_wordnet_is_left_out_under_auto_and_an_error_when_asked_for(monkeypatch):
+    from tunesmith.config import load_config
+    from tunesmith.eval import wordnet
+    from tunesmith.eval.evaluate import metric_names
+
+    def missing():
+        raise WordNetMissing("METEOR needs WordNet 3.0", "install wordnet-base and wordnet-sense-index")
+
+    monkeypatch.setattr(wordnet, "wordnet_reader", missing)
+    names, unavailable = metric_names(load_config(raw={}))
+    assert "meteor" not in names and "rougeL" in names and "wordnet-base" in unavailable["meteor"]
+    with pytest.raises(WordNetMissing):
+        metric_names(load_config(raw={"eval": {"metrics": ["rougeL", "meteor"]}}))
+    with pytest.raises(ConfigError, match="valid|choose"):
+        metric_names(load_config(raw={"eval": {"metrics": ["rougeL", "accuracy"]}}))
+
+
+def test_a_references_column_adds_alternative_answers():
+    from tunesmith.data.formats import Example
+    from tunesmith.eval.evaluate import references_of
+
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert references_of(Example(messages, "f", 1)) == ["a"]
+    assert references_of(Example(messages, "f", 1, {"references": ["a", "b", "", 3]})) == ["a", "b"]

@@ -55,8 +55,10 @@ def references_of(example: Example) -> list[str]:
 def metric_names(config: ProjectConfig) -> tuple[list[str], dict[str, str]]:
     """The metrics to compute and those left out with the reason. A metric asked for by name that cannot run is
     an error (before any generation); one chosen by `auto` is left out with a notice instead."""
-    auto = config.eval.metrics == "auto"
-    names = list(TASK_DEFAULTS[config.task]["eval.metrics"] if auto else config.eval.metrics)
+    default = TASK_DEFAULTS[config.task]["eval.metrics"]
+    # load_config writes the task's default list in place of "auto", so the default list counts as auto.
+    auto = config.eval.metrics in ("auto", default)
+    names = list(default if config.eval.metrics == "auto" else config.eval.metrics)
     check_names(names)
     unavailable: dict[str, str] = {}
     if "meteor" in names:
