@@ -144,3 +144,12 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert '<table id="metric-table">' in dom and ">meteor<" in dom
     assert dom.count("<svg") >= 2 and 'id="loss-curve"' in dom and 'id="length-histogram"' in dom
     assert 'id="confusion-matrix"' in dom and "<script>alert" not in dom
+
+
+def test_when_no_example_changed_both_headings_stay_and_examples_are_shown(tmp_path):
+    run = make_run(tmp_path / "run")
+    write_json_atomic(run / "eval" / "comparison.json", {"by": "rougeL", "improved": [], "hurt": []})
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "### Most improved (rougeL per example)\n\n- none" in md and "Most hurt" in md
+    assert "no per-example rougeL changed" in md and "Second dialogue" in md

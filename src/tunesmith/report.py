@@ -96,18 +96,18 @@ def metric_table(metrics: dict) -> str:
 def picked_examples(report: dict) -> list[tuple[str, list[dict]]]:
     """(title, prediction rows): the most improved and most hurt by the per-example score, else the first few."""
     predictions, comparison = report["predictions"], report["comparison"]
-    if comparison and (comparison["improved"] or comparison["hurt"]):
+    if comparison:
         by = comparison["by"]
-        return [(f"Most improved ({by} per example)", [predictions[e["index"]] for e in
-                                                       comparison["improved"][:EXAMPLES_SHOWN]]),
-                (f"Most hurt ({by} per example)", [predictions[e["index"]] for e in
-                                                   comparison["hurt"][:EXAMPLES_SHOWN]])]
-    if not comparison and predictions and "base_rougeL" in predictions[0]:  # an eval without comparison.json
+        picks = [(f"Most improved ({by} per example)",
+                  [predictions[e["index"]] for e in comparison["improved"][:EXAMPLES_SHOWN]]),
+                 (f"Most hurt ({by} per example)", [predictions[e["index"]] for e in comparison["hurt"][:EXAMPLES_SHOWN]])]
+        if not (comparison["improved"] or comparison["hurt"]):
+            picks.append((f"Examples (no per-example {by} changed)", predictions[:EXAMPLES_SHOWN * 2]))
+        return picks
+    if predictions and "base_rougeL" in predictions[0]:  # an eval without comparison.json
         ranked = sorted(predictions, key=lambda p: p["finetuned_rougeL"] - p["base_rougeL"])
         return [("Most improved (rougeL per example)", ranked[::-1][:EXAMPLES_SHOWN]),
                 ("Most hurt (rougeL per example)", ranked[:EXAMPLES_SHOWN])]
-    if comparison:
-        return [(f"Examples (no per-example {comparison['by']} changed)", predictions[:EXAMPLES_SHOWN * 2])]
     return [("Examples", predictions[:EXAMPLES_SHOWN * 2])]
 
 
@@ -160,6 +160,8 @@ def _markdown(report: dict) -> str:
     lines += ["", "## Loss", "", "![loss curve](loss_curve.svg)", "", "## Examples"]
     for title, rows in picked_examples(report):
         lines.append(f"\n### {title}\n")
+        if not rows:
+            lines.append("- none")
         for row in rows:
             lines.append(f"- **Input** ({row['source']}): {_quote(row['input'])}")
             lines.append(f"  - reference: {_quote(row['reference'])}")
