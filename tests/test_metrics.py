@@ -101,7 +101,8 @@ def test_meteor_matches_nltk_and_uses_wordnet_synonyms_offline():
     assert wordnet.synsets("car")[0].name() == "car.n.01"
     expected = [meteor_score([metrics.meteor_tokens(r)], metrics.meteor_tokens(p), wordnet=wordnet)
                 for p, r in zip(PREDICTIONS, REFERENCES)]
-    assert metrics.compute(["meteor"], PREDICTIONS, REFERENCES) == pytest.approx({"meteor": sum(expected) / 5}, abs=1e-6)
+    expected_mean = sum(expected) / 5
+    assert metrics.compute(["meteor"], PREDICTIONS, REFERENCES) == pytest.approx({"meteor": expected_mean}, abs=1e-6)
     # The synonym stage: "auto" matches "car" through WordNet, "banana" matches nothing. (NLTK looks synonyms up
     # for the Porter stems the stem stage leaves behind, so "automobile" -> "automobil" would find none.)
     synonym = metrics.compute(["meteor"], ["the auto is red"], ["the car is red"])["meteor"]

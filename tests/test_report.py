@@ -1,7 +1,6 @@
 """report.html and report.md from a hand-made run directory (fast, every section filled), and rendered in
 headless Chromium: the page draws something, and the DOM holds the metric table and the SVG plots."""
 
-import json
 import re
 import shutil
 import subprocess
