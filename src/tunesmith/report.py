@@ -98,7 +98,8 @@ def picked_examples(report: dict) -> list[tuple[str, list[dict]]]:
     predictions, comparison = report["predictions"], report["comparison"]
     if comparison:
         by = comparison["by"]
-        picks = [(f"Most {kind} ({by} per example)", [predictions[e["index"]] for e in comparison[kind][:EXAMPLES_SHOWN]])
+        picks = [(f"Most {kind} ({by} per example)",
+                  [predictions[e["index"]] for e in comparison[kind][:EXAMPLES_SHOWN]])
                  for kind in ("improved", "hurt")]
         if not (comparison["improved"] or comparison["hurt"]):
             picks.append((f"Examples (no per-example {by} changed)", predictions[:EXAMPLES_SHOWN * 2]))
