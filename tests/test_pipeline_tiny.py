@@ -22,7 +22,8 @@ def test_run_end_to_end_writes_the_run_directory_contract(tiny_project):
     for name in ("config.yaml", "run_card.json", "data/train.jsonl", "data/eval.jsonl", "data/test.jsonl",
                  "data/removed.jsonl", "data/stats.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors", "adapter/tokenizer.json", "eval/metrics.json",
-                 "eval/predictions.jsonl", "report.md", "loss_curve.svg"):
+                 "eval/predictions.jsonl", "eval/source.json", "eval/comparison.json", "eval/forgetting.json",
+                 "report.md", "report.html", "loss_curve.svg"):
         assert (run / name).is_file(), name
     assert (run / "adapter" / "chat_template.jinja").is_file() or \
         "chat_template" in (run / "adapter" / "tokenizer_config.json").read_text()

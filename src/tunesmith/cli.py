@@ -35,6 +35,8 @@ def _print_metrics(metrics: dict) -> None:
     for column in ("metric", "base", "fine-tuned", "delta"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, tuned in metrics["finetuned"].items():
+        if not isinstance(tuned, (int, float)):
+            continue  # e.g. a confusion matrix (docs/evaluation.md); the report draws it
         base, delta = metrics["base"].get(name), metrics["delta"].get(name)
         table.add_row(name, "" if base is None else f"{base:.4f}", f"{tuned:.4f}",
                       "" if delta is None else f"{delta:+.4f}")
