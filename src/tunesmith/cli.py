@@ -85,6 +85,12 @@ from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in t
 
 app.add_typer(data_app, name="data")
 
+from tunesmith.cli_runs import runs_app  # noqa: E402
+from tunesmith.cli_sweep import sweep  # noqa: E402
+
+app.command()(sweep)
+app.add_typer(runs_app, name="runs")
+
 
 def main() -> None:
     try:
