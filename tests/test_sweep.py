@@ -80,6 +80,20 @@ def test_a_pruned_trial_stops_training_early_and_is_marked_pruned(tiny_project, 
     assert not (run.parent / "best.yaml").exists()
 
 
+def test_the_plain_project_still_trains_beside_its_sweep_and_force_keeps_the_sweep(tiny_project):
+    from tunesmith.pipeline import train_project
+
+    folder = Path(load_config(tiny_project).output) / "sweep"
+    (folder / "trial-0").mkdir(parents=True)
+    (folder / "sweep.db").write_text("a study")
+    config = load_config(tiny_project, ["train.max_steps=1", "train.micro_batch_size=32",
+                                        "train.global_batch_size=32"])
+    train_project(config)  # the sweep folder alone does not count as a run in the way
+    train_project(config, force=True)
+    assert (folder / "sweep.db").read_text() == "a study" and (folder / "trial-0").is_dir()
+    assert (Path(config.output) / "adapter").is_dir()
+
+
 def test_two_workers_share_one_study_without_duplicates(tiny_project):
     command = [sys.executable, "-m", "tunesmith.cli", "sweep", str(tiny_project), "--trials", "4", *FAST, *SPACE]
     env = {**os.environ, "COLUMNS": "200"}
@@ -155,3 +169,19 @@ def test_trial_config_applies_values_through_set_and_keeps_batch_sizes_consisten
     assert config.train.lr == 1e-5 and config.method.r == 4 and config.train.max_steps == 3
     assert config.output == "/x" and config.name == "t"
     assert config.train.global_batch_size == 12 and config.train.micro_batch_size == 4  # gcd(12, 8)
+
+
+def test_grid_sweep_visits_each_point_once_and_maximizes_an_eval_metric(tiny_project, capsys):
+    from tunesmith.sweep import run_sweep
+
+    sets = ["train.max_steps=1", "train.micro_batch_size=32", "train.global_batch_size=32", "sweep.sampler=grid",
+            "sweep.metric=rougeL", "sweep.params={method.r: {choices: [4, 8]}, train.lr: {choices: [0.003]}}",
+            "eval.max_examples=2", "eval.max_new_tokens=4", "eval.compare_base=false"]
+    result = run_sweep(tiny_project, 5, sets)
+    assert "the grid has 2 points" in capsys.readouterr().out
+    assert result["direction"] == "maximize" and result["metric"] == "rougeL"
+    assert sorted(row["params"]["method.r"] for row in result["rows"]) == [4, 8]
+    for row in result["rows"]:
+        metrics = json.loads((Path(row["run_dir"]) / "eval" / "metrics.json").read_text())
+        assert row["state"] == "COMPLETE" and row["value"] == metrics["finetuned"]["rougeL"]
+    assert load_config(result["best"]).method.r == result["rows"][0]["params"]["method.r"]
