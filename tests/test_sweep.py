@@ -185,3 +185,26 @@ def test_grid_sweep_visits_each_point_once_and_maximizes_an_eval_metric(tiny_pro
         metrics = json.loads((Path(row["run_dir"]) / "eval" / "metrics.json").read_text())
         assert row["state"] == "COMPLETE" and row["value"] == metrics["finetuned"]["rougeL"]
     assert load_config(result["best"]).method.r == result["rows"][0]["params"]["method.r"]
+
+
+def test_crashing_trials_are_marked_fail_and_a_broken_setup_stops_the_sweep(tiny_project, monkeypatch):
+    import tunesmith.pipeline
+    from tunesmith.sweep import SweepError, run_sweep
+
+    def crash(config, **_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tunesmith.pipeline, "train_project", crash)
+    with pytest.raises(SweepError, match="3 trials in a row failed"):
+        run_sweep(tiny_project, 10, ["sweep.params={method.r: {choices: [4, 8]}}"])
+    trials = study(tiny_project).trials
+    assert [t.state.name for t in trials] == ["FAIL"] * 3
+    assert trials[0].user_attrs["error"] == "RuntimeError: boom"
+
+    def user_error(config, **_):
+        raise ConfigError("data.train is not set", "set it")
+
+    monkeypatch.setattr(tunesmith.pipeline, "train_project", user_error)
+    with pytest.raises(ConfigError, match="data.train"):  # every trial would fail alike: stop at the first
+        run_sweep(tiny_project, 10, ["sweep.params={method.r: {choices: [4, 8]}}"])
+    assert [t.state.name for t in study(tiny_project).trials] == ["FAIL"] * 4
