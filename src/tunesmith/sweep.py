@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.config import ProjectConfig, SweepParam, dump_config, load_config
+from tunesmith.config import ProjectConfig, SweepParam, load_config
 from tunesmith.console import console
 from tunesmith.errors import ConfigError, RunDirError, TunesmithError
 from tunesmith.io import write_json_atomic, write_text_atomic
@@ -202,7 +202,7 @@ def _objective(sweep: Sweep, trial) -> float:
         train_project(config, on_eval=on_eval)
         if state["pruned"]:
             _write_trial(run_dir, trial, "PRUNED", None, sweep)
-            raise optuna.TrialPruned(f"eval loss {state['loss']:.4f} at step position")
+            raise optuna.TrialPruned(f"eval loss {state['loss']:.4f}")
         if sweep.base.sweep.metric == "eval_loss":
             if state["loss"] is None:
                 raise SweepError("training finished without a held-out evaluation",
@@ -338,8 +338,11 @@ def run_sweep(project: Path, trials: int, overrides: list[str] | None = None, st
               study_name: str | None = None) -> dict:
     """Run trials until the study holds `trials` finished (complete or pruned) ones; write best.yaml.
     Returns {"study", "folder", "best": path or None, "rows": leaderboard rows}."""
+    _optuna()  # first, so a missing optuna is a message, not a traceback
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
+
+    from tunesmith.sweep_report import last_eval_loss, leaderboard_rows, write_best
 
     if trials < 1:
         raise ConfigError(f"--trials {trials} is not a positive number", "pass e.g. --trials 20")
@@ -380,10 +383,11 @@ def run_sweep(project: Path, trials: int, overrides: list[str] | None = None, st
                                  f"read the tracebacks in {sweep.folder}/trial-*/error.txt")
         else:
             failures = 0
-            value = "" if frozen.value is None else f": {base.sweep.metric} {frozen.value:.4f}"
-            console.print(f"trial {frozen.number} {frozen.state.name.lower()}{value}")
-    from tunesmith.sweep_report import leaderboard_rows, write_best
-
+            if frozen.state == TrialState.PRUNED:
+                loss = last_eval_loss(frozen, sweep.direction == "minimize")
+                console.print(f"trial {frozen.number} pruned at eval_loss {loss:.4f}")
+            else:
+                console.print(f"trial {frozen.number} complete: {base.sweep.metric} {frozen.value:.4f}")
     best = write_best(sweep, study)
     result = {"study": study.study_name, "folder": str(sweep.folder), "best": None if best is None else str(best),
               "metric": base.sweep.metric, "direction": sweep.direction, "rows": leaderboard_rows(study)}

@@ -21,16 +21,25 @@ def leaderboard_rows(study) -> list[dict]:
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get("surplus"):
             continue
-        rows.append({"trial": trial.number, "state": trial.state.name, "value": trial.value,
-                     "params": dict(trial.params), "run_dir": trial.user_attrs.get("run_dir"),
-                     "error": trial.user_attrs.get("error")})
+        complete = trial.state.name == "COMPLETE"
+        rows.append({"trial": trial.number, "state": trial.state.name, "value": trial.value if complete else None,
+                     "last_eval_loss": last_eval_loss(trial, minimize), "params": dict(trial.params),
+                     "run_dir": trial.user_attrs.get("run_dir"), "error": trial.user_attrs.get("error")})
 
     def key(row: dict):
-        value = row["value"]
-        rank = (value if minimize else -value) if value is not None else 0.0
+        value, loss = row["value"], row["last_eval_loss"]
+        rank = (value if minimize else -value) if value is not None else loss if loss is not None else 0.0
         return STATE_ORDER.get(row["state"], 5), rank, row["trial"]
 
     return sorted(rows, key=key)
+
+
+def last_eval_loss(trial, minimize: bool) -> float | None:
+    """The trial's last reported eval loss (a maximizing study reports -eval_loss: see sweep._objective)."""
+    if not trial.intermediate_values:
+        return None
+    value = trial.intermediate_values[max(trial.intermediate_values)]
+    return value if minimize else -value
 
 
 def _fmt(value) -> str:
@@ -50,8 +59,15 @@ def print_leaderboard(result: dict) -> None:
         table.add_column(name, justify="right")
     table.add_column(result["metric"], justify="right")
     for row in rows:
+        if row["value"] is not None:
+            shown = f"{row['value']:.4f}"
+        elif row["state"] == "PRUNED" and row["last_eval_loss"] is not None:  # the loss it was stopped at
+            shown = f"{row['last_eval_loss']:.4f}" if result["metric"] == "eval_loss" else \
+                f"(eval_loss {row['last_eval_loss']:.4f})"
+        else:
+            shown = ""
         table.add_row(str(row["trial"]), row["state"].lower(), *(_fmt(row["params"].get(p)) for p in params),
-                      "" if row["value"] is None else f"{row['value']:.4f}")
+                      shown)
     console.print(table)
     if result["best"]:
         console.print(f"best config: {result['best']}  (train it with `tunesmith run {result['best']}`)")
