@@ -208,3 +208,16 @@ def test_crashing_trials_are_marked_fail_and_a_broken_setup_stops_the_sweep(tiny
     with pytest.raises(ConfigError, match="data.train"):  # every trial would fail alike: stop at the first
         run_sweep(tiny_project, 10, ["sweep.params={method.r: {choices: [4, 8]}}"])
     assert [t.state.name for t in study(tiny_project).trials] == ["FAIL"] * 4
+
+
+def test_a_trial_folder_left_by_another_study_is_not_overwritten(tiny_project):
+    from tunesmith.errors import RunDirError
+    from tunesmith.sweep import run_sweep
+
+    stranger = Path(load_config(tiny_project).output) / "sweep" / "trial-0"
+    stranger.mkdir(parents=True)
+    (stranger / "config.yaml").write_text("name: someone-else\n")
+    with pytest.raises(RunDirError, match="not trial 0"):
+        run_sweep(tiny_project, 2, ["sweep.params={method.r: {choices: [4, 8]}}"])
+    assert (stranger / "config.yaml").read_text() == "name: someone-else\n"
+    assert sorted(p.name for p in stranger.iterdir()) == ["config.yaml"]

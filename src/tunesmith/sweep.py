@@ -20,7 +20,7 @@ import json
 import math
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -51,7 +51,6 @@ class Sweep:
     trials: int
     direction: str
     last_error: BaseException | None = None
-    finished: list = field(default_factory=list)
 
 
 def _optuna():
@@ -184,11 +183,13 @@ def _objective(sweep: Sweep, trial) -> float:
     trial.set_user_attr("run_dir", str(run_dir))
     console.print(f"[bold]trial {trial.number}[/bold]: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"'{run_dir}' already holds a run that is not trial {trial.number} of study "
-                          f"'{trial.study.study_name}' (the study's storage was replaced, or another study uses "
-                          "this folder)", "delete the sweep folder's trial-* folders, or give the sweep another "
-                          "output with --set output=runs/NEW")
-    config = trial_config(sweep, values, f"{sweep.base.name}-trial-{trial.number}", run_dir)
+        error = RunDirError(f"'{run_dir}' already holds a run that is not trial {trial.number} of study "
+                            f"'{trial.study.study_name}' (the study's storage was replaced, or another study uses "
+                            "this folder)", "delete the sweep folder's trial-* folders, or give the sweep another "
+                            "output with --set output=runs/NEW")
+        sweep.last_error = error  # not _record_failure: that folder is not ours to write in
+        trial.set_user_attr("error", error.render()[:500])
+        raise error
     sign = 1.0 if sweep.direction == "minimize" else -1.0  # pruning watches eval loss; flip it for maximize
     state = {"loss": None, "pruned": False}
 
@@ -199,6 +200,7 @@ def _objective(sweep: Sweep, trial) -> float:
         return state["pruned"]
 
     try:
+        config = trial_config(sweep, values, f"{sweep.base.name}-trial-{trial.number}", run_dir)
         train_project(config, on_eval=on_eval)
         if state["pruned"]:
             _write_trial(run_dir, trial, "PRUNED", None, sweep)
