@@ -88,3 +88,10 @@ def test_flatten_and_compare_only_keep_differing_keys(tmp_path):
         (tmp_path / name / "config.yaml").write_text(f"name: {name}\nmethod: {{r: {r}}}\noutput: {tmp_path / name}\n")
     result = compare_runs([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
     assert result["config_differences"] == {"method.r": [8, 8, 16]}
+
+
+def test_numbers_are_shown_without_losing_digits():
+    from tunesmith.cli_runs import _num, _signed
+
+    assert _num(99.66, 0) == "100" and _num(5.50) == "5.5" and _num(0.000495) == "0.000495" and _num(2) == "2"
+    assert _signed(-0.25) == "-0.25" and _signed(0.0) == "+0" and _num(None) == ""

@@ -20,7 +20,10 @@ def _num(value, digits: int = 4) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.3g}" if value != 0 and abs(value) < 1e-2 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+        if value != 0 and abs(value) < 1e-2:
+            return f"{value:.3g}"  # learning rates: 0.000495, not 0.0005
+        text = f"{value:.{digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text  # 100 stays 100; 5.50 becomes 5.5
     return str(value)
 
 
