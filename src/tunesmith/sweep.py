@@ -124,7 +124,7 @@ def suggest(trial, space: dict[str, SweepParam], grid: bool) -> dict:
             values[name] = trial.suggest_categorical(name, grid_values(name, param) if grid else param.choices)
         elif _is_int_key(name):
             values[name] = trial.suggest_int(name, int(param.low), int(param.high), log=param.log,
-                                             step=int(param.step or 1))
+                                             step=max(1, round(param.step or 1)))
         else:
             values[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
     return values
