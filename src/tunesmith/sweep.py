@@ -263,10 +263,12 @@ def _storage(url: str, config: ProjectConfig):
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=config.sweep.heartbeat_interval_s,
                 grace_period=config.sweep.grace_period_s, heartbeat_stale_trial_callback=stale)
         except sqlalchemy.exc.OperationalError as exc:
-            if attempt == 4 or not url.startswith("sqlite"):
-                raise SweepError(f"cannot open the study storage '{_hide_password(url)}': {exc.orig}",
-                                 "check that the database server is reachable and the URL's user, password and "
-                                 "database are right") from None
+            racing = url.startswith("sqlite") and any(w in str(exc.orig) for w in ("locked", "already exists"))
+            if attempt == 4 or not racing:
+                fix = ("check that the folder of the SQLite file exists and is writable" if url.startswith("sqlite")
+                       else "check that the database server is reachable and the URL's user, password and "
+                            "database are right")
+                raise SweepError(f"cannot open the study storage '{_hide_password(url)}': {exc.orig}", fix) from None
             import time
 
             time.sleep(0.5 * (attempt + 1))
