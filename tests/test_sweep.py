@@ -145,6 +145,8 @@ def test_sweep_config_errors_name_the_key_and_exit_1(tiny_project):
     assert "Traceback" not in result.stderr
     result = cli("sweep", tiny_project, "--trials", "2", "--metric", "bleu")
     assert result.returncode == 1 and "sweep.metric" in result.stderr and "eval_loss" in result.stderr
+    result = cli("sweep", tiny_project, "--trials", "2", "--storage", "postgresql+psycopg2://me:secret@db/x")
+    assert result.returncode == 1 and "psycopg2" in result.stderr and "secret" not in result.stderr
     tiny_project.write_text(tiny_project.read_text() + "sweep:\n  params:\n    method.r: {low: 8}\n")
     with pytest.raises(ConfigError, match="low' and 'high"):
         load_config(tiny_project)
