@@ -170,7 +170,7 @@ def test_trial_config_applies_values_through_set_and_keeps_batch_sizes_consisten
     config = trial_config(sweep, {"train.lr": 1e-5, "train.global_batch_size": 12, "method.r": 4}, "t", Path("/x"))
     assert config.train.lr == 1e-5 and config.method.r == 4 and config.train.max_steps == 3
     assert config.output == "/x" and config.name == "t"
-    assert config.train.global_batch_size == 12 and config.train.micro_batch_size == 4  # gcd(12, 8)
+    assert config.train.global_batch_size == 12 and config.train.micro_batch_size == 6  # divides 12, <= 8
 
 
 def test_grid_sweep_visits_each_point_once_and_maximizes_an_eval_metric(tiny_project, capsys):

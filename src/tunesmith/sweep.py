@@ -65,8 +65,8 @@ def _optuna():
 
 
 def default_space(config: ProjectConfig) -> dict[str, SweepParam]:
-    """The search space when the project sets none: a decade either side of the task's lr (log scale, since
-    lr matters by factors, not by steps), the usual LoRA ranks with alpha = 1-4 x r territory, and 1-3 epochs."""
+    """The search space when the project sets none: a decade either side of the task's lr (log scale: lr matters
+    by factors, not by steps), the usual LoRA ranks 8-32 with alpha 16-64 (alpha/r from 0.5 to 8), 1-3 epochs."""
     lr = config.train.lr or 2.0e-4
     space = {"train.lr": SweepParam(low=lr / 10, high=lr * 10, log=True)}
     if config.method.kind != "full":
@@ -141,9 +141,10 @@ def trial_config(sweep: Sweep, values: dict, name: str, output: Path) -> Project
     config = load_config(sweep.project, sweep.overrides + sets + [f"name={name}", f"output={output}"])
     train = config.train
     if train.global_batch_size % train.micro_batch_size:
-        # micro_batch_size is a memory cap: the largest divisor below it gives the same optimizer step
-        # (e.g. global 24, micro 16 -> micro 8 x 3 accumulation) without ever needing more memory.
-        train.micro_batch_size = math.gcd(train.global_batch_size, train.micro_batch_size)
+        # micro_batch_size is a memory cap: the largest divisor of the global batch under it gives the same
+        # optimizer step (global 24, micro 16 -> micro 12 x 2 accumulation) without ever needing more memory.
+        train.micro_batch_size = max(d for d in range(1, train.micro_batch_size + 1)
+                                     if train.global_batch_size % d == 0)
     return config
 
 
