@@ -78,6 +78,8 @@ def test_summary_reads_a_run_killed_mid_write(tmp_path):
     summary = run_summary(run)
     assert summary["status"] == "incomplete" and summary["final_train_loss"] == 2.5
     assert summary["best_eval_loss"] == 2.4 and summary["steps"] == 1
+    (tmp_path / "other-tool").mkdir()
+    (tmp_path / "other-tool" / "config.yaml").write_text("- a list, not a run config\n")
     assert find_runs(tmp_path) == [run]
 
 

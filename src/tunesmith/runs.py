@@ -47,12 +47,21 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
+def _read_config(run_dir: Path) -> dict | None:
+    """config.yaml as a dict, or None when it is not ours to read (another tool's config.yaml, a broken file)."""
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
 def find_runs(folder: Path) -> list[Path]:
     """Every run directory (a folder with config.yaml) under folder, sweep trials included, sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunDirError(f"'{folder}' is not a folder", "pass the folder that holds your runs (default: runs)")
-    found = [p.parent for p in folder.rglob("config.yaml")]
+    found = [p.parent for p in folder.rglob("config.yaml") if _read_config(p.parent) is not None]
     return sorted(found, key=lambda p: [int(part) if part.isdigit() else part
                                         for part in re.split(r"(\d+)", str(p))])
 
@@ -60,7 +69,7 @@ def find_runs(folder: Path) -> list[Path]:
 def run_summary(run_dir: Path) -> dict:
     """The key facts of one run, read from its files only (the run directory contract)."""
     run_dir = Path(run_dir)
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    raw = _read_config(run_dir) or {}
     card = _read_json(run_dir / "run_card.json") or {}
     metrics = _read_json(run_dir / "eval" / "metrics.json")
     trial = _read_json(run_dir / "trial.json")
@@ -109,8 +118,7 @@ def compare_runs(run_dirs: list[Path]) -> dict:
     """Config keys that differ, and metrics side by side with their change from the first run."""
     for run_dir in run_dirs:
         load_run_config(run_dir)  # a clear error for a folder that is not a run
-    configs = [flatten(yaml.safe_load((Path(r) / "config.yaml").read_text(encoding="utf-8")) or {})
-               for r in run_dirs]
+    configs = [flatten(_read_config(Path(r)) or {}) for r in run_dirs]
     keys = sorted({k for c in configs for k in c} - ALWAYS_DIFFERENT)
     differences = {k: [c.get(k) for c in configs] for k in keys
                    if any(c.get(k) != configs[0].get(k) for c in configs[1:])}
