@@ -117,7 +117,11 @@ COMPARED = ("steps", "final_train_loss", "best_eval_loss", "train_tokens_per_s",
 def compare_runs(run_dirs: list[Path]) -> dict:
     """Config keys that differ, and metrics side by side with their change from the first run."""
     for run_dir in run_dirs:
-        load_run_config(run_dir)  # a clear error for a folder that is not a run
+        # Read, not validated: runs written by another tunesmith version may hold keys this one lacks.
+        if _read_config(Path(run_dir)) is None:
+            raise RunDirError(f"'{run_dir}' is not a tunesmith run directory (no readable config.yaml)",
+                              "pass folders that `tunesmith train` or `tunesmith run` wrote; `tunesmith runs list` "
+                              "shows them")
     configs = [flatten(_read_config(Path(r)) or {}) for r in run_dirs]
     keys = sorted({k for c in configs for k in c} - ALWAYS_DIFFERENT)
     differences = {k: [c.get(k) for c in configs] for k in keys
