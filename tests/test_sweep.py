@@ -223,3 +223,17 @@ def test_a_trial_folder_left_by_another_study_is_not_overwritten(tiny_project):
         run_sweep(tiny_project, 2, ["sweep.params={method.r: {choices: [4, 8]}}"])
     assert (stranger / "config.yaml").read_text() == "name: someone-else\n"
     assert sorted(p.name for p in stranger.iterdir()) == ["config.yaml"]
+
+
+def test_workers_opening_a_new_study_database_at_once_all_get_it(tmp_path):
+    # Each creates the tables and stamps the schema of the same new SQLite file; without the retry about a
+    # quarter of them failed here with "UNIQUE constraint failed: alembic_version" or "table already exists".
+    code = ("import sys, optuna; from tunesmith.config import ProjectConfig; from tunesmith.sweep import _optuna, "
+            "_storage; _optuna(); optuna.create_study(storage=_storage(sys.argv[1], ProjectConfig()), "
+            "study_name='s', load_if_exists=True); print('opened')")
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    workers = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(4)]
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0 and "opened" in out, err

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from tunesmith.io import write_json_atomic, write_text_atomic
 
 LOWER_IS_BETTER = {"eval_loss", "mse", "mae"}
 MAX_FAILURES_IN_A_ROW = 3  # a trial that crashes for its params is noise; three in a row is a broken setup
+ATTEMPTS = 6  # opening a new study database while other workers create it
 GRID_POINTS = 3  # a low/high range under the grid sampler becomes low, middle, high
 
 
@@ -256,23 +259,25 @@ def _storage(url: str, config: ProjectConfig):
         console.print(f"[yellow]trial {trial.number} stopped beating (its worker died): marked FAIL[/yellow]")
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # wait out locks
-    # Several workers creating the tables of a new SQLite file at once can collide: the loser retries once
-    # the winner is done.
-    for attempt in range(5):
+    # Workers that open a new database at the same moment all try to create its tables and stamp its schema
+    # version; the losers see "already exists" or a unique-constraint error. Each step checks what is there
+    # first, so a loser retries after a pause and finds the winner's schema.
+    for attempt in range(ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=config.sweep.heartbeat_interval_s,
                 grace_period=config.sweep.grace_period_s, heartbeat_stale_trial_callback=stale)
-        except sqlalchemy.exc.OperationalError as exc:
-            racing = url.startswith("sqlite") and any(w in str(exc.orig) for w in ("locked", "already exists"))
-            if attempt == 4 or not racing:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
+                sqlalchemy.exc.ProgrammingError) as exc:
+            text = str(getattr(exc, "orig", exc))
+            racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or any(
+                w in text.lower() for w in ("locked", "already exists", "duplicate"))
+            if attempt == ATTEMPTS - 1 or not racing:
                 fix = ("check that the folder of the SQLite file exists and is writable" if url.startswith("sqlite")
                        else "check that the database server is reachable and the URL's user, password and "
                             "database are right")
-                raise SweepError(f"cannot open the study storage '{_hide_password(url)}': {exc.orig}", fix) from None
-            import time
-
-            time.sleep(0.5 * (attempt + 1))
+                raise SweepError(f"cannot open the study storage '{_hide_password(url)}': {text}", fix) from None
+            time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))  # jitter: racing workers must not retry in step
         except (sqlalchemy.exc.ArgumentError, ImportError, ModuleNotFoundError) as exc:
             raise SweepError(f"cannot use the study storage '{_hide_password(url)}': {exc}",
                              "pass an SQLAlchemy URL such as sqlite:///sweep.db or "
