@@ -92,6 +92,9 @@ class EvalConfig(_Section):
     max_new_tokens: int = 128
     batch_size: int = 16
     max_examples: int | None = None  # cap on evaluated examples (None: all)
+    # Perplexity on a general-text probe, base vs fine-tuned (eval/forgetting.py); decoder tasks only.
+    forgetting: bool = True
+    forgetting_threshold_pct: float = 10.0  # warn when the fine-tuned perplexity is this much higher
 
 
 class SweepParam(_Section):
@@ -151,7 +154,9 @@ class ProjectConfig(_Section):
 # full fine-tuning of a decoder wants ~10x less than LoRA.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "generation": {"model.base": "smollm2-135m-instruct", "train.epochs": 2, "train.lr": 2.0e-4,
-                   "data.max_seq_len": 1024, "eval.metrics": ["rouge1", "rouge2", "rougeL", "exact_match"]},
+                   "data.max_seq_len": 1024,
+                   "eval.metrics": ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "meteor",
+                                    "exact_match", "perplexity", "token_accuracy"]},
     "classification": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
                        "data.max_seq_len": 512, "eval.metrics": ["accuracy", "precision_macro", "recall_macro",
                                                                   "f1_macro", "f1_micro"]},
