@@ -11,7 +11,7 @@ from tunesmith.runs import compare_runs, find_runs, flatten, run_summary
 
 # 2 steps, and a short generation on 4 test rows: the eval metrics exist but cost a second or two.
 QUICK = ["train.max_steps=2", "train.micro_batch_size=32", "train.global_batch_size=32", "eval.max_examples=4",
-         "eval.max_new_tokens=6"]
+         "eval.max_new_tokens=6", "eval.forgetting=false"]
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_runs_list_and_compare_show_the_lr_difference_and_metric_deltas(two_runs
     assert runs["low-lr"]["status"] == "evaluated" and runs["broken"]["status"] == "incomplete"
     assert runs["high-lr"]["steps"] == 2 and runs["high-lr"]["method"] == "lora"
     assert runs["high-lr"]["best_eval_loss"] > 0 and runs["high-lr"]["train_tokens_per_s"] > 0
-    assert set(runs["high-lr"]["finetuned"]) == {"rouge1", "rouge2", "rougeL", "exact_match"}
+    assert {"rouge1", "rougeL", "exact_match"} <= set(runs["high-lr"]["finetuned"])
     assert runs["high-lr"]["main_metric"] == "rougeL" and "rougeL" in runs["high-lr"]["delta"]
 
     table = cli("runs", "list", root)

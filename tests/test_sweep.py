@@ -143,7 +143,7 @@ def test_sweep_config_errors_name_the_key_and_exit_1(tiny_project):
     result = cli("sweep", tiny_project, "--trials", "2", "--set", "sweep.params={train.lrr: {low: 1, high: 2}}")
     assert result.returncode == 1 and "sweep.params.train.lrr" in result.stderr and "train.lr" in result.stderr
     assert "Traceback" not in result.stderr
-    result = cli("sweep", tiny_project, "--trials", "2", "--metric", "bleu")
+    result = cli("sweep", tiny_project, "--trials", "2", "--metric", "accuracy")  # not a generation metric
     assert result.returncode == 1 and "sweep.metric" in result.stderr and "eval_loss" in result.stderr
     result = cli("sweep", tiny_project, "--trials", "2", "--storage", "postgresql+psycopg2://me:secret@db/x")
     assert result.returncode == 1 and "psycopg2" in result.stderr and "secret" not in result.stderr
@@ -178,7 +178,8 @@ def test_grid_sweep_visits_each_point_once_and_maximizes_an_eval_metric(tiny_pro
 
     sets = ["train.max_steps=1", "train.micro_batch_size=32", "train.global_batch_size=32", "sweep.sampler=grid",
             "sweep.metric=rougeL", "sweep.params={method.r: {choices: [4, 8]}, train.lr: {choices: [0.003]}}",
-            "eval.max_examples=2", "eval.max_new_tokens=4", "eval.compare_base=false"]
+            "eval.max_examples=2", "eval.max_new_tokens=4", "eval.compare_base=false",
+            "eval.metrics=[rougeL]"]
     result = run_sweep(tiny_project, 5, sets)
     assert "the grid has 2 points" in capsys.readouterr().out
     assert result["direction"] == "maximize" and result["metric"] == "rougeL"

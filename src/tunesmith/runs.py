@@ -66,6 +66,12 @@ def find_runs(folder: Path) -> list[Path]:
                                         for part in re.split(r"(\d+)", str(p))])
 
 
+def _numbers(scores) -> dict:
+    if not isinstance(scores, dict):
+        return {}
+    return {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def run_summary(run_dir: Path) -> dict:
     """The key facts of one run, read from its files only (the run directory contract)."""
     run_dir = Path(run_dir)
@@ -89,9 +95,9 @@ def run_summary(run_dir: Path) -> dict:
         "wall_seconds": wall.get("total", wall.get("train")),
         "main_metric": MAIN_METRIC.get(task), "finetuned": {}, "delta": {},
     }
-    if metrics:
-        summary["finetuned"] = metrics.get("finetuned", {})
-        summary["delta"] = metrics.get("delta", {})
+    if metrics:  # numbers only: a classification run may also carry a confusion matrix there
+        summary["finetuned"] = _numbers(metrics.get("finetuned"))
+        summary["delta"] = _numbers(metrics.get("delta"))
     if trial:
         summary["trial"] = {k: trial.get(k) for k in ("study", "number", "state", "metric", "value")}
     return summary

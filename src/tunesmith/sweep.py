@@ -32,7 +32,7 @@ from tunesmith.console import console
 from tunesmith.errors import ConfigError, RunDirError, TunesmithError
 from tunesmith.io import write_json_atomic, write_text_atomic
 
-LOWER_IS_BETTER = {"eval_loss", "mse", "mae"}
+LOWER_IS_BETTER = {"eval_loss", "perplexity", "mse", "mae"}
 MAX_FAILURES_IN_A_ROW = 3  # a trial that crashes for its params is noise; three in a row is a broken setup
 ATTEMPTS = 6  # opening a new study database while other workers create it
 GRID_POINTS = 3  # a low/high range under the grid sampler becomes low, middle, high
