@@ -91,6 +91,12 @@ from tunesmith.cli_serve import register as register_serving  # noqa: E402  (ser
 
 register_serving(app)
 
+from tunesmith.cli_runs import runs_app  # noqa: E402
+from tunesmith.cli_sweep import sweep  # noqa: E402
+
+app.command()(sweep)
+app.add_typer(runs_app, name="runs")
+
 
 def main() -> None:
     try:
