@@ -55,6 +55,10 @@ def _load_models(config: ProjectConfig, run_dir: Path, device: str):
 def evaluate(config: ProjectConfig | None, run_dir: Path, data: str | None = None) -> dict:
     run_dir = Path(run_dir)
     config = config or load_run_config(run_dir)
+    if config.task != "generation":  # classification, multilabel, regression: scored by the task's own module
+        from tunesmith.eval.classification import evaluate_task
+
+        return evaluate_task(config, run_dir, data)
     device = pick_device(config.train.device)
     if data is not None:
         examples = require_usable(check(data, config.data.format), "evaluation")
