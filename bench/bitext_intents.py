@@ -67,7 +67,14 @@ def main() -> None:
     parser.add_argument("--methods", default="lora,full")
     parser.add_argument("--out", default="/tmp/tunesmith-bitext")
     parser.add_argument("--set", action="append", default=[], help="extra project overrides, key=value")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 on a CPU shared with other jobs, where spinning "
+                             "OpenMP threads cost 5x")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     csv = DATA if DATA.is_file() else FALLBACK
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,10 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                    "data.max_seq_len": 512, "eval.metrics": ["mse", "mae", "r2"]},
 }
 FULL_FINETUNE_LR = 2.0e-5
+# Encoder tasks (classification, multilabel, regression): TASK_DEFAULTS' 5e-5 is the full fine-tuning rate of the
+# BERT paper; adapters move a low-rank slice of each weight and need ~10x more to learn as fast (5e-4, checked on
+# the Bitext intents in docs/tasks.md). The head trains at train.head_lr_multiplier x these.
+ENCODER_ADAPTER_LR = 5.0e-4
 PATH_KEYS = ("data.train", "data.eval", "data.test")
 
 
@@ -307,6 +311,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     full_decoder = (raw.get("method") or {}).get("kind") == "full" and raw.get("task", "generation") == "generation"
     if full_decoder and not explicit_lr:
         raw["train"]["lr"] = FULL_FINETUNE_LR
+    encoder_adapters = raw.get("task", "generation") != "generation" and \
+        (raw.get("method") or {}).get("kind", "lora") in ("lora", "dora", "qlora")
+    if encoder_adapters and not explicit_lr:
+        raw["train"]["lr"] = ENCODER_ADAPTER_LR
     config = _validate(raw, lines, source)
     if config.output is None:
         config.output = str(Path("runs") / config.name)
