@@ -341,3 +341,17 @@ def test_minilm_multilabel_tickets_well_above_chance(tmp_path):
     assert metrics["finetuned"]["f1_micro"] > metrics["base"]["f1_micro"] + 0.5
     thresholds = json.loads((Path(config.output) / "thresholds.json").read_text())["thresholds"]
     assert len(thresholds) == 6 and all(0.05 <= t <= 0.95 for t in thresholds)
+
+
+def test_a_decoder_classifies_from_its_last_real_token(tiny_llama):
+    from tunesmith.models.classifier import collate_ids, load_sequence_model
+
+    space = {"task": "classification", "labels": ["no", "yes"]}
+    model, heads = load_sequence_model(str(tiny_llama), space, pad_token_id=0)
+    assert heads == ["score"] and model.config.pad_token_id is not None
+    assert model.config.id2label == {0: "no", 1: "yes"}
+    model.eval()
+    pad = model.config.pad_token_id
+    alone = model(**collate_ids([[5, 6, 7]], pad)).logits
+    padded = model(**collate_ids([[5, 6, 7], [5, 6, 7, 8, 9, 10]], pad)).logits[:1]
+    torch.testing.assert_close(alone, padded, rtol=1e-4, atol=1e-5)  # right padding does not change the result
