@@ -49,7 +49,8 @@ def load_sequence_model(path: str, space: dict, pad_token_id: int | None, dtype=
     """The pretrained body with a new head sized for `space`; returns (model, names of the head modules)."""
     from transformers import AutoModelForSequenceClassification
 
-    extra = {"quantization_config": quantization} if quantization is not None else {}
+    # 4-bit weights are placed on the GPU as they load (a quantized model cannot be moved with .to() later)
+    extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization is not None else {}
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=dtype, use_safetensors=True, output_loading_info=True, **head_kwargs(space), **extra)

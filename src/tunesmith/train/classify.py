@@ -140,7 +140,9 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
 
     model, heads = load_sequence_model(base_path, space, tokenizer.pad_token_id,
                                        quantization=quantization_config(config.method, device))
-    model = apply_task_method(model, config.method, device, heads).to(device)
+    model = apply_task_method(model, config.method, device, heads)
+    if config.method.kind != "qlora":  # 4-bit weights already sit on the GPU
+        model = model.to(device)
     trainable, total = count_parameters(model)
     console.print(f"{describe_parameters(model, config.method.kind)}, head {'+'.join(heads)}, device {device}, "
                   f"{'bf16 autocast' if bf16 else 'fp32'}")
