@@ -49,7 +49,8 @@ def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fals
     config = _config(project, set_)
     metrics = run_project(config, resume=resume, force=force)
     _print_metrics(metrics)
-    console.print(f"run directory: {config.output}  (report: {Path(config.output) / 'report.md'})")
+    report_path = Path(config.output) / "report.md"
+    console.print(f"run directory: {config.output}" + (f"  (report: {report_path})" if report_path.is_file() else ""))
 
 
 @app.command()
