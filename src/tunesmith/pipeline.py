@@ -168,12 +168,16 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"nothing to resume in '{run_dir}'", "drop --resume to start a new run")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # `tunesmith sweep` keeps its study and trials in <output>/sweep/: they are not this run, so they neither
+    # block it nor go with --force (hours of trials must not vanish with a rerun of the plain project).
+    own = [p for p in run_dir.iterdir() if p.name != "sweep"] if run_dir.exists() else []
+    if own:
         if not force:
             raise RunDirError(f"run directory '{run_dir}' already holds a run",
                               "pass --force to replace it, --resume to continue it, or set another output "
                               "(--set output=runs/NEW)")
-        shutil.rmtree(run_dir)
+        for path in own:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -217,8 +221,7 @@ def run_project(config: ProjectConfig, resume: bool = False, force: bool = False
     card["wall_seconds"]["eval"] = round(time.time() - eval_started, 1)
     card["wall_seconds"]["total"] = round(time.time() - started, 1)
     write_json_atomic(run_dir / "run_card.json", card)
-    if config.task == "generation":  # report.md reads generation predictions; task runs: eval/*.json for now
-        write_report(run_dir)
+    write_report(run_dir)
     return metrics
 
 

@@ -201,11 +201,13 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
     eval_dir = run_dir / "eval"
     rows = []
     for example, target, output in zip(examples, targets, outputs):
-        reference = example.label if config.task == "classification" else \
-            sorted(example.labels or []) if config.task == "multilabel" else target
         prediction = output.get("label", output.get("labels", output.get("value")))
-        row = {"source": f"{example.file}:{example.line}", "text": example.text, "reference": reference,
-               "prediction": prediction}
+        # reference and finetuned_output are display strings (the report's columns, shared with generation runs):
+        # a label, labels joined by "|" as in a CSV cell, or a number; "prediction" keeps the typed value.
+        row = {"source": f"{example.file}:{example.line}", "text": example.text, "input": example.text,
+               "reference": _display(example.label if config.task == "classification" else
+                                     sorted(example.labels or []) if config.task == "multilabel" else target),
+               "prediction": prediction, "finetuned_output": _display(prediction)}
         if "probabilities" in output:
             row["probabilities"] = output["probabilities"]
         rows.append(row)
@@ -232,6 +234,12 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
         "regression": "the training mean"}[config.task]})
     console.print(f"evaluated {len(examples)} examples from {source} → {eval_dir / 'metrics.json'}")
     return result
+
+
+def _display(value) -> str:
+    if isinstance(value, list):
+        return "|".join(_display(v) for v in value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _cuda() -> bool:
