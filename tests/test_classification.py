@@ -231,6 +231,7 @@ def test_classification_run_end_to_end_and_reload(tmp_path, tiny_bert):
 
     predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert {"text", "reference", "prediction", "probabilities"} <= set(predictions[0])
+    assert (run / "report.html").is_file()  # the report renders task runs too (confusion matrix included)
     classifier = load_classifier(run, "cpu")
     again = classifier.predict([p["text"] for p in predictions])
     assert [a["label"] for a in again] == [p["prediction"] for p in predictions]
