@@ -51,7 +51,8 @@ def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fals
     config = _config(project, set_)
     metrics = run_project(config, resume=resume, force=force)
     _print_metrics(metrics)
-    console.print(f"run directory: {config.output}  (report: {Path(config.output) / 'report.html'})")
+    report_path = Path(config.output) / "report.html"
+    console.print(f"run directory: {config.output}" + (f"  (report: {report_path})" if report_path.is_file() else ""))
 
 
 @app.command()
@@ -61,8 +62,10 @@ def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fa
 
     config = _config(project, set_)
     card = train_project(config, resume=resume, force=force)
+    # full fine-tuning of a classification/regression model writes model/, every other run adapter/
+    weights = "model" if config.task != "generation" and config.method.kind == "full" else "adapter"
     console.print(f"trained {card['train']['steps']} steps at {card['train']['train_tokens_per_s']:.0f} tokens/s; "
-                  f"adapter in {Path(config.output) / 'adapter'}")
+                  f"weights in {Path(config.output) / weights}")
 
 
 @app.command("eval")

@@ -65,6 +65,12 @@ class MethodConfig(_Section):
     # SmolLM2-135M), and Unsloth ships 0 as its default for the same reason.
     lora_dropout: float = 0.0
     target_modules: Literal["auto", "all-linear"] | list[str] = "auto"
+    # rsLoRA scales the adapter by alpha/sqrt(r) instead of alpha/r, so higher ranks keep learning (Kalajdzievski 2023).
+    use_rslora: bool = False
+    # Full-model variants for encoder tasks (method.kind: full): train everything, only the head, or the head
+    # plus the top unfreeze_top_k_layers transformer layers.
+    freeze: Literal["none", "head_only", "top_k"] = "none"
+    unfreeze_top_k_layers: int = 2
 
 
 class TrainConfig(_Section):
@@ -84,6 +90,10 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Pack several examples into each row (each attends only to itself); auto: on CUDA, not on CPU.
     packing: Literal["auto"] | bool = "auto"
+    # classification / multilabel / regression only:
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: weight each class by n / (k * count)
+    head_lr_multiplier: float = 10.0  # the freshly initialized head learns at lr x this (it starts from noise)
+    normalize_targets: bool = True  # regression: train on (y - mean) / std, undone at prediction
 
 
 class EvalConfig(_Section):
@@ -159,13 +169,18 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                                     "exact_match", "perplexity", "token_accuracy"]},
     "classification": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
                        "data.max_seq_len": 512, "eval.metrics": ["accuracy", "precision_macro", "recall_macro",
-                                                                  "f1_macro", "f1_micro"]},
+                                                                  "f1_macro", "f1_micro", "f1_weighted"]},
     "multilabel": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
-                   "data.max_seq_len": 512, "eval.metrics": ["f1_micro", "f1_macro", "accuracy"]},
+                   "data.max_seq_len": 512, "eval.metrics": ["f1_micro", "f1_macro", "subset_accuracy",
+                                                              "hamming_loss"]},
     "regression": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
                    "data.max_seq_len": 512, "eval.metrics": ["mse", "mae", "r2"]},
 }
 FULL_FINETUNE_LR = 2.0e-5
+# Encoder tasks (classification, multilabel, regression): TASK_DEFAULTS' 5e-5 is the full fine-tuning rate of the
+# BERT paper; adapters move a low-rank slice of each weight and need ~10x more to learn as fast (5e-4, checked on
+# the Bitext intents in docs/tasks.md). The head trains at train.head_lr_multiplier x these.
+ENCODER_ADAPTER_LR = 5.0e-4
 PATH_KEYS = ("data.train", "data.eval", "data.test")
 
 
@@ -358,6 +373,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     full_decoder = (raw.get("method") or {}).get("kind") == "full" and raw.get("task", "generation") == "generation"
     if full_decoder and not explicit_lr:
         raw["train"]["lr"] = FULL_FINETUNE_LR
+    encoder_adapters = raw.get("task", "generation") != "generation" and \
+        (raw.get("method") or {}).get("kind", "lora") in ("lora", "dora", "qlora")
+    if encoder_adapters and not explicit_lr:
+        raw["train"]["lr"] = ENCODER_ADAPTER_LR
     config = _validate(raw, lines, source)
     _check_sweep_keys(config, lines, source)
     if config.output is None:

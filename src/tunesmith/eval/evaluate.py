@@ -124,6 +124,10 @@ def _comparison(rows: list[dict]) -> dict:
 def evaluate(config: ProjectConfig | None, run_dir: Path, data: str | None = None) -> dict:
     run_dir = Path(run_dir)
     config = config or load_run_config(run_dir)
+    if config.task != "generation":  # classification, multilabel, regression: scored by the task's own module
+        from tunesmith.eval.classification import evaluate_task
+
+        return evaluate_task(config, run_dir, data)
     device = pick_device(config.train.device)
     stats_path = run_dir / "data" / "stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
