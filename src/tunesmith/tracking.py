@@ -6,6 +6,7 @@ Both backends are optional dependencies, imported only when chosen; a missing on
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tunesmith.errors import ConfigError
@@ -41,7 +42,9 @@ class _MLflow:
         except ImportError:
             raise _missing("mlflow", "mlflow-skinny") from None
         # A client on a local file store, not mlflow's global "active run": a sweep may train several runs in
-        # one process, and nothing is sent anywhere but RUN_DIR/mlruns.
+        # one process, and nothing is sent anywhere but RUN_DIR/mlruns. MLflow 3 keeps the file store only
+        # behind this switch (its database store needs SQLAlchemy, which mlflow-skinny does not bring).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
