@@ -336,6 +336,11 @@ def test_eval_every_steps_early_stopping_keeps_and_uses_the_best_weights(tiny_pr
     assert json.loads((run / "run_card.json").read_text())["adapter_step"] == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000006"]  # best+last
     assert_same_tensors(adapter(run / "adapter"), adapter(run / "checkpoints" / "step-000002"))
+    # Resuming a run that early stopping ended does not train on past the stop.
+    again = train(tiny_project, "train.max_steps=12", "train.eval_every_steps=2", "train.early_stopping_patience=2",
+                  "train.early_stopping_min_delta=10", "train.keep_checkpoints=1", resume=True)
+    assert again["train"]["steps"] == 6 and again["adapter_step"] == 2
+    assert max(r["step"] for r in read_records(run)) == 6
 
 
 def test_load_best_without_early_stopping(tiny_project):
@@ -450,3 +455,19 @@ def test_same_config_data_and_seed_give_the_same_adapter_bit_for_bit(tiny_projec
     assert different["seed"] == 1
     third = adapter(tmp_path / "third" / "adapter")
     assert any(not torch.equal(third[k], v) for k, v in adapter(tmp_path / "first" / "adapter").items())
+
+
+def test_pruning_never_deletes_outside_the_run_directory(tmp_path):
+    from tunesmith.train.checkpoint import prune_checkpoints
+
+    run, outside = tmp_path / "run", tmp_path / "precious"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "keep.txt").write_text("must survive")
+    folder = run / "checkpoints"
+    for step in (1, 2, 3, 4):
+        (folder / f"step-{step:06d}").mkdir(parents=True)
+    (folder / "step-000000").symlink_to(outside)  # oldest by name: first in line for pruning
+    (folder / ".tmp-step-000005").mkdir()
+    prune_checkpoints(run, keep=2, best_step=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000000", "step-000001", "step-000003", "step-000004"]
+    assert (outside / "data" / "keep.txt").read_text() == "must survive"

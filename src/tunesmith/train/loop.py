@@ -162,7 +162,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     history = EvalHistory(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
     guard = BadStepGuard(cfg.max_bad_steps)
     fingerprint = {"config_sha256": config_hash(config), "data_sha256": data_sha256}
-    step, last_checkpoint = 0, None
+    step, last_checkpoint, stop = 0, None, None
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         checkpoint, state, training = newest_loadable(run_dir)
@@ -177,12 +177,14 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
             step, last_checkpoint = state["step"], checkpoint.name
             history.restore(state["history"])
             guard.in_a_row = state["bad_steps_in_a_row"]
+            if state.get("stop_reason") in ("early_stopping", "on_eval"):
+                stop = state["stop_reason"]  # the run had already ended there; resuming only finishes it
             _truncate_metrics(metrics_path, step)
             console.print(f"resumed from {checkpoint.name}: steps 1-{step} are not run again")
     if step == 0 and metrics_path.exists():
         metrics_path.unlink()
 
-    tokens, train_seconds, record, stop = 0, 0.0, None, None
+    tokens, train_seconds, record = 0, 0.0, None
     params_for_tracking = redact(flatten(config.model_dump(mode="json")))
     with MetricsLog(metrics_path, cfg.tracking, params_for_tracking, config.name) as log, StopRequest() as signals, \
             progress_bar() as progress:
@@ -257,7 +259,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                     state = {"epoch": step / steps_per_epoch, "epoch_index": step // steps_per_epoch,
                              "step_in_epoch": step % steps_per_epoch, "eval_loss": held if evaluate else None,
                              "history": history.state(), "bad_steps_in_a_row": guard.in_a_row,
-                             "seed": cfg.seed, **fingerprint}
+                             "stop_reason": stop, "seed": cfg.seed, **fingerprint}
                     last_checkpoint = save_checkpoint(run_dir, step, model, optimizer, scheduler, state).name
                     prune_checkpoints(run_dir, cfg.keep_checkpoints, history.best_step)
                 if stop or step == total_steps:
