@@ -120,7 +120,9 @@ def main() -> None:
             quiet_libraries()
         app()
     except TunesmithError as exc:
-        err_console.print(f"[red]error:[/red] {escape(exc.render())}")
+        from tunesmith.redact import redact_text
+
+        err_console.print(f"[red]error:[/red] {escape(redact_text(exc.render()))}")  # a bad value may be a token
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
