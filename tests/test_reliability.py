@@ -471,3 +471,21 @@ def test_pruning_never_deletes_outside_the_run_directory(tmp_path):
     prune_checkpoints(run, keep=2, best_step=1)
     assert sorted(p.name for p in folder.iterdir()) == ["step-000000", "step-000001", "step-000003", "step-000004"]
     assert (outside / "data" / "keep.txt").read_text() == "must survive"
+
+
+def test_sigint_asks_for_a_stop_and_a_second_one_stops_at_once():
+    from tunesmith.train.guard import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as request:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert request.signal == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
+    with StopRequest() as request:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert request.signal == "SIGINT"
