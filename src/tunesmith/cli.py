@@ -51,6 +51,8 @@ def _print_metrics(metrics: dict) -> None:
     for column in ("metric", "base", "fine-tuned", "delta"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, tuned in metrics["finetuned"].items():
+        if not isinstance(tuned, (int, float)):
+            continue  # e.g. a confusion matrix (docs/evaluation.md); the report draws it
         base, delta = metrics["base"].get(name), metrics["delta"].get(name)
         table.add_row(name, "" if base is None else f"{base:.4f}", f"{tuned:.4f}",
                       "" if delta is None else f"{delta:+.4f}")
@@ -71,7 +73,7 @@ def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fals
         console.print(f"(then `tunesmith run {project} --resume` evaluates and reports)")
         return
     _print_metrics(metrics)
-    console.print(f"run directory: {config.output}  (report: {Path(config.output) / 'report.md'})")
+    console.print(f"run directory: {config.output}  (report: {Path(config.output) / 'report.html'})")
 
 
 @app.command()
@@ -101,15 +103,25 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory written 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with eval/metrics.json.")]):
-    """Write report.md (metric table, loss curve, examples side by side) from a run directory."""
+    """Write report.html (self-contained) and report.md: metrics, loss curves, data, examples, forgetting."""
     from tunesmith.report import write_report
 
-    console.print(f"wrote {write_report(run_dir)}")
+    path = write_report(run_dir)
+    console.print(f"wrote {path} and {path.with_name('report.md')}")
 
 
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
 
 app.add_typer(data_app, name="data")
+from tunesmith.cli_serve import register as register_serving  # noqa: E402  (serve, predict, chat)
+
+register_serving(app)
+
+from tunesmith.cli_runs import runs_app  # noqa: E402
+from tunesmith.cli_sweep import sweep  # noqa: E402
+
+app.command()(sweep)
+app.add_typer(runs_app, name="runs")
 
 
 def main() -> None:

@@ -201,12 +201,16 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"nothing to resume in '{run_dir}'", "drop --resume to start a new run")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # `tunesmith sweep` keeps its study and trials in <output>/sweep/: they are not this run, so they neither
+    # block it nor go with --force (hours of trials must not vanish with a rerun of the plain project).
+    own = [p for p in run_dir.iterdir() if p.name != "sweep"] if run_dir.exists() else []
+    if own:
         if not force:
             raise RunDirError(f"run directory '{run_dir}' already holds a run",
                               "pass --force to replace it, --resume to continue it, or set another output "
                               "(--set output=runs/NEW)")
-        shutil.rmtree(run_dir)
+        for path in own:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a file where a parent folder should be, or a read-only disk

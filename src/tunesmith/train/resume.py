@@ -26,8 +26,9 @@ RESULT_NEUTRAL_KEYS = {
     "train.max_bad_steps",  # only decides when a diverging run gives up
     "model.allow_pickle",  # the same weights, read from another file format
 }
-# eval.* is the generation stage after training (metrics, max_new_tokens, ...): it never touches training.
-NEUTRAL_PREFIXES = ("eval.",)
+# eval.* is the generation stage after training (metrics, max_new_tokens, ...) and sweep.* drives `tunesmith
+# sweep` around runs: neither touches the training of this run.
+NEUTRAL_PREFIXES = ("eval.", "sweep.")
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
