@@ -56,8 +56,9 @@ class BadStepGuard:
     def check(self, step: int, lr: float, loss: float, grad_norm: float, last_checkpoint: str | None) -> None:
         """Warn about a skipped step; raise once more than `limit` steps in a row were skipped."""
         what = "loss" if not math.isfinite(loss) else "gradient norm"
+        value = loss if what == "loss" else grad_norm
         if self.in_a_row <= self.limit:
-            err_console.print(f"[yellow]warning: step {step}: the {what} is not finite ({loss if what == 'loss' else grad_norm}); "
+            err_console.print(f"[yellow]warning: step {step}: the {what} is not finite ({value}); "
                               f"the update is skipped ({self.in_a_row} in a row, train.max_bad_steps={self.limit})"
                               "[/yellow]")
             return
