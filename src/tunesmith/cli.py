@@ -21,13 +21,29 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a p
                                                                    "train.epochs=1 (repeatable).")]
 ProjectArg = Annotated[Path, typer.Argument(help="The YAML project file.")]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing run in the output folder.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing run in the output folder; with "
+                                                           "--resume, continue although the config changed.")]
+PickleOption = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle-based .bin/.pt base weights "
+                                                                  "(they can run code; only for weights you "
+                                                                  "trust). Same as model.allow_pickle: true.")]
 
 
-def _config(project: Path, overrides: list[str] | None):
+def _config(project: Path, overrides: list[str] | None, allow_pickle: bool = False):
     from tunesmith.config import load_config
 
-    return load_config(project, overrides or [])
+    config = load_config(project, overrides or [])
+    if allow_pickle:
+        config.model.allow_pickle = True
+    return config
+
+
+def _interrupted(card: dict, project: Path) -> bool:
+    """After SIGINT/SIGTERM the run stopped at a checkpoint: say how to go on (exit code 0)."""
+    stopped = card["train"].get("interrupted")
+    if stopped:
+        console.print(f"{stopped}: stopped after step {card['train']['steps']}, checkpoint "
+                      f"{card['train']['checkpoint']} written; continue with: tunesmith train {project} --resume")
+    return bool(stopped)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -44,24 +60,34 @@ def _print_metrics(metrics: dict) -> None:
 
 
 @app.command()
-def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False):
+def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False,
+        allow_pickle: PickleOption = False):
     """Run the whole pipeline: check and split the data, train, evaluate base vs fine-tuned, write the report."""
-    from tunesmith.pipeline import run_project
+    from tunesmith.pipeline import read_run_card, run_project
 
-    config = _config(project, set_)
+    config = _config(project, set_, allow_pickle)
     metrics = run_project(config, resume=resume, force=force)
+    if metrics is None:
+        card = read_run_card(Path(config.output))
+        _interrupted(card, project)
+        console.print(f"(then `tunesmith run {project} --resume` evaluates and reports)")
+        return
     _print_metrics(metrics)
     report_path = Path(config.output) / "report.html"
     console.print(f"run directory: {config.output}" + (f"  (report: {report_path})" if report_path.is_file() else ""))
 
 
 @app.command()
-def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False):
-    """Check and split the data, then fine-tune; writes data/, metrics.jsonl, checkpoints/ and adapter/."""
+def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False,
+          allow_pickle: PickleOption = False):
+    """Check and split the data, then fine-tune; writes data/, metrics.jsonl, checkpoints/ and adapter/.
+    SIGINT/SIGTERM finish the current step and write a checkpoint; --resume continues from it."""
     from tunesmith.pipeline import train_project
 
-    config = _config(project, set_)
+    config = _config(project, set_, allow_pickle)
     card = train_project(config, resume=resume, force=force)
+    if _interrupted(card, project):
+        return
     # full fine-tuning of a classification/regression model writes model/, every other run adapter/
     weights = "model" if config.task != "generation" and config.method.kind == "full" else "adapter"
     console.print(f"trained {card['train']['steps']} steps at {card['train']['train_tokens_per_s']:.0f} tokens/s; "
@@ -109,7 +135,9 @@ def main() -> None:
             quiet_libraries()
         app()
     except TunesmithError as exc:
-        err_console.print(f"[red]error:[/red] {escape(exc.render())}")
+        from tunesmith.redact import redact_text
+
+        err_console.print(f"[red]error:[/red] {escape(redact_text(exc.render()))}")  # a bad value may be a token
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

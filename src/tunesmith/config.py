@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from tunesmith.errors import ConfigError
 
@@ -48,6 +48,9 @@ class DataConfig(_Section):
     max_seq_len: int | None = None  # None: the task default, clipped to the model's own limit
     eval_fraction: float = 0.1  # share of train split off as eval when data.eval is not given
     system_prompt: str | None = None  # prepended to records that have no system message of their own
+    # Personal data in the rows: redact (mask as <EMAIL>, <PHONE>, ...), drop the row, or warn (count, keep).
+    # None: follow data.clean.redact_pii (mask -> redact, drop -> drop, off -> nothing). The run card records it.
+    pii: Literal["redact", "drop", "warn"] | None = None
 
 
 class ModelConfig(_Section):
@@ -55,6 +58,10 @@ class ModelConfig(_Section):
     # auto: bfloat16 base weights when train.precision resolves to bf16 (CUDA, or a CPU with AVX512-BF16/AMX)
     # and the method is LoRA/DoRA, else float32 (see train/precision.py)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Pickle-based weights (.bin/.pt) can run code when loaded: refused unless set (or --allow-pickle).
+    allow_pickle: bool = False
+    # Run the Python code a hub repository ships with its model (custom architectures); off unless set.
+    trust_remote_code: bool = False
 
 
 class MethodConfig(_Section):
@@ -94,6 +101,22 @@ class TrainConfig(_Section):
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight each class by n / (k * count)
     head_lr_multiplier: float = 10.0  # the freshly initialized head learns at lr x this (it starts from noise)
     normalize_targets: bool = True  # regression: train on (y - mean) / std, undone at prediction
+    # Crash safety (docs/reliability.md): a checkpoint every N optimizer steps (0: at evaluations and epoch
+    # ends only), the newest keep_checkpoints kept plus the best by eval loss.
+    checkpoint_every_steps: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    # Held-out eval loss every N optimizer steps (0: at epoch ends only); every evaluation also checkpoints,
+    # so the best weights are always on disk.
+    eval_every_steps: int = Field(0, ge=0)
+    # Stop after this many evaluations without an improvement of at least early_stopping_min_delta (0: off).
+    early_stopping_patience: int = Field(0, ge=0)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    # The final adapter holds the best evaluation's weights (always so when early stopping stops the run).
+    load_best: bool = False
+    # Optimizer steps in a row whose loss or gradients are NaN/inf that are skipped before the run stops.
+    max_bad_steps: int = Field(5, ge=0)
+    # Where metrics.jsonl records are mirrored as well: RUN_DIR/tensorboard or an MLflow store RUN_DIR/mlruns.
+    tracking: Literal["none", "tensorboard", "mlflow"] = "none"
 
 
 class EvalConfig(_Section):
@@ -157,6 +180,8 @@ class ProjectConfig(_Section):
     eval: EvalConfig = EvalConfig()
     sweep: SweepConfig = SweepConfig()
     output: str | None = None  # the run directory; None: runs/<name>
+    # The folder of the project file (the run card records its git commit); not a key of the file.
+    _source_dir: str | None = PrivateAttr(default=None)
 
 
 # Defaults that follow the task unless the project file sets them. Why these numbers: LoRA on a decoder
@@ -381,6 +406,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     _check_sweep_keys(config, lines, source)
     if config.output is None:
         config.output = str(Path("runs") / config.name)
+    config._source_dir = str(base_dir)
     return config
 
 

@@ -33,3 +33,7 @@ class ModelError(TunesmithError):
 
 class RunDirError(TunesmithError):
     """A run directory is missing a file a stage needs."""
+
+
+class TrainingError(TunesmithError):
+    """Training cannot go on (non-finite loss, no room for checkpoints); the last good checkpoint is kept."""

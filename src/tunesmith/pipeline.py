@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,10 +22,13 @@ from tunesmith.data.split import split
 from tunesmith.data.tokenize import ensure_chat_template, tokenize_example, with_system_prompt
 from tunesmith.errors import ConfigError, RunDirError
 from tunesmith.io import sha256_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from tunesmith.models.load import ResolvedModel, load_tokenizer, resolve
+from tunesmith.models.load import ResolvedModel, check_weight_files, load_tokenizer, resolve, warn_remote_code
+from tunesmith.redact import redact, redact_text
+from tunesmith.train.resume import check_resume_config
 
 
-def _read(spec, config: ProjectConfig, role: str, removed: list[dict]) -> tuple[list[Example], str | None]:
+def _read(spec, config: ProjectConfig, role: str, removed: list[dict],
+          pii_counts: Counter) -> tuple[list[Example], str | None]:
     """Check a data spec (stop on unusable rows), then clean it as data.clean says; every removal is logged."""
     report = check(spec, config.data.format, config.data.columns, config.task)
     examples = require_usable(report, role)
@@ -37,19 +41,44 @@ def _read(spec, config: ProjectConfig, role: str, removed: list[dict]) -> tuple[
     if warnings:
         console.print(f"[yellow]{role} data: {len(warnings)} warning(s) ({summarize(warnings)}); "
                       f"`tunesmith data check` lists them[/yellow]")
-    options = CleanOptions(**config.data.clean.model_dump())
+    options = CleanOptions(**{**config.data.clean.model_dump(), "redact_pii": _pii_mode(config)})
     result = CleanResult(rows_in=len(examples), rows_out=0)
+    if pii_policy(config) == "warn":
+        flagged = _rows_with_pii(examples)
+        if flagged:
+            console.print(f"[yellow]{role} data: {flagged} row(s) hold personal data (e-mail, phone, card, "
+                          "IBAN, ...), kept as they are (data.pii: warn); data.pii: redact masks them[/yellow]")
+            result.changed["pii_flagged"] += flagged
     clean_examples(examples, options, result)
     if result.removed or result.changed:
         console.print(f"{role} data cleaned: {result.accounting()}")
     removed.extend({**row, "_split": role} for row in result.removed_rows)
+    pii_counts.update({k: v for k, v in result.changed.items() if k.startswith("pii_")})
     return result.examples, report.format
 
 
-def _model_max_len(base_path: str) -> int | None:
+def pii_policy(config: ProjectConfig) -> str:
+    """data.pii, or the policy data.clean.redact_pii implies (the older key): redact | drop | warn | off."""
+    if config.data.pii is not None:
+        return config.data.pii
+    return {"mask": "redact", "drop": "drop", "off": "off"}[config.data.clean.redact_pii]
+
+
+def _pii_mode(config: ProjectConfig) -> str:
+    return {"redact": "mask", "drop": "drop", "warn": "off", "off": "off"}[pii_policy(config)]
+
+
+def _rows_with_pii(examples: list[Example]) -> int:
+    from tunesmith.data.content import scan_text
+
+    return sum(any(issue.code.startswith("pii_") for _, text in e.texts() for issue in scan_text(text))
+               for e in examples)
+
+
+def _model_max_len(base_path: str, trust_remote_code: bool = False) -> int | None:
     from transformers import AutoConfig
 
-    model_config = AutoConfig.from_pretrained(base_path)
+    model_config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code)
     return getattr(model_config, "max_position_embeddings", None)
 
 
@@ -59,15 +88,16 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
         raise ConfigError("data.train is not set", "add 'data: {train: path/to/train.jsonl}' to the project file "
                           "or pass --set data.train=FILE")
     removed: list[dict] = []
-    train, fmt = _read(config.data.train, config, "train", removed)
+    pii_counts: Counter = Counter()
+    train, fmt = _read(config.data.train, config, "train", removed, pii_counts)
     if config.data.eval is not None:
-        held, _ = _read(config.data.eval, config, "eval", removed)
+        held, _ = _read(config.data.eval, config, "eval", removed, pii_counts)
         eval_source = "data.eval"
     else:
         train, held = split(train, config.data.eval_fraction, config.train.seed)
         eval_source = f"{config.data.eval_fraction:.0%} of data.train (seed {config.train.seed})"
     if config.data.test is not None:
-        test, _ = _read(config.data.test, config, "test", removed)
+        test, _ = _read(config.data.test, config, "test", removed, pii_counts)
         test_source = "data.test"
     else:
         test, test_source = held, "the eval split (no data.test given: the same rows watched during training)"
@@ -79,7 +109,7 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
             console.print(f"[yellow]{len(leaks)} {role} row(s) repeat a train prompt (leakage), e.g. "
                           f"{leaks[0].file}:{leaks[0].line}: {leaks[0].message}[/yellow]")
     max_len = config.data.max_seq_len
-    model_limit = _model_max_len(base_path)
+    model_limit = _model_max_len(base_path, config.model.trust_remote_code)
     if model_limit and max_len > model_limit:
         console.print(f"data.max_seq_len {max_len} is above the model's limit; clipped to {model_limit}")
         max_len = model_limit
@@ -117,6 +147,9 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
         console.print(f"[yellow]{len(removed)} row(s) removed, reasons in {data_dir / 'removed.jsonl'}[/yellow]")
     stats["test"] = {"rows": len(test)}
     stats["removed"] = len(removed)
+    stats["pii"] = {"policy": pii_policy(config), "rows_masked": pii_counts["pii_masked"],
+                    "rows_dropped": sum(r.get("_reason") == "pii" for r in removed),
+                    "rows_flagged": pii_counts["pii_flagged"]}
     write_jsonl_atomic(data_dir / "train.jsonl", [e.to_json() for e in train])
     write_jsonl_atomic(data_dir / "eval.jsonl", [e.to_json() for e in held])
     write_jsonl_atomic(data_dir / "test.jsonl", [e.to_json() for e in test])
@@ -127,7 +160,8 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for package in ("tunesmith", "torch", "transformers", "peft", "accelerate", "tokenizers"):
+    for package in ("tunesmith", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors",
+                    "numpy", "pydantic"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -135,10 +169,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str | None:
+def _git_commit(folder: str | None) -> dict | None:
+    """The commit of the git checkout holding the project file, and whether it had uncommitted changes."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return result.stdout.strip() or None
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", folder or ".", *args], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        return {"commit": commit, "dirty": bool(git("status", "--porcelain"))} if commit else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -148,7 +186,8 @@ def _hardware() -> dict:
 
     import torch
 
-    info = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    info = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "processor": platform.processor(),
+            "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -178,7 +217,11 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
                               "(--set output=runs/NEW)")
         for path in own:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file where a parent folder should be, or a read-only disk
+        raise RunDirError(f"cannot create the output folder '{run_dir}': {exc.strerror or exc}",
+                          "set output to a folder you can write to (--set output=runs/NAME)") from None
 
 
 def train_project(config: ProjectConfig, resume: bool = False, force: bool = False,
@@ -191,30 +234,39 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     run_dir = Path(config.output)
     started = time.time()
     resolved: ResolvedModel = resolve(config.model.base)
+    check_weight_files(resolved.path, config.model.allow_pickle)  # before anything is written
+    warn_remote_code(resolved.path, config.model.trust_remote_code)
     _claim_run_dir(run_dir, resume, force)
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    tokenizer = load_tokenizer(resolved.path)
+    if resume:
+        check_resume_config(run_dir, config, force)
+    write_text_atomic(run_dir / "config.yaml", redact_text(dump_config(config)))
+    tokenizer = load_tokenizer(resolved.path, config.model.trust_remote_code)
     if config.task == "generation":
         ensure_chat_template(tokenizer)
     stats = prepare_data(config, run_dir, tokenizer, resolved.path)
-    summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume, on_eval=on_eval)
+    summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume, on_eval=on_eval, force=force)
     card = {"name": config.name, "task": config.task, "model": {"base": config.model.base, "path": resolved.path,
                                                                 "source": resolved.source},
             "method": config.method.kind, "seed": config.train.seed, "datasets_sha256": _dataset_hashes(config),
             "rows": {k: stats[k] for k in ("train", "eval", "test")}, "removed_rows": stats["removed"],
-            "train": summary, "versions": _versions(), "git_commit": _git_commit(), "hardware": _hardware(),
+            "train": summary, "versions": _versions(), "git": _git_commit(config._source_dir),
+            "hardware": _hardware(), "pii": stats["pii"], "adapter_step": summary["adapter_step"],
             "wall_seconds": {"train": round(time.time() - started, 1)}}
+    card["git_commit"] = (card["git"] or {}).get("commit")
+    card = redact(card)
     write_json_atomic(run_dir / "run_card.json", card)
     return card
 
 
-def run_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict:
+def run_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict | None:
     """`tunesmith run`: train, evaluate base vs fine-tuned, write the report. Returns eval/metrics.json."""
     from tunesmith.eval.evaluate import evaluate
     from tunesmith.report import write_report
 
     started = time.time()
     card = train_project(config, resume=resume, force=force)
+    if card["train"].get("interrupted"):
+        return None  # stopped by a signal: evaluation waits for `--resume`
     run_dir = Path(config.output)
     eval_started = time.time()
     metrics = evaluate(config, run_dir)

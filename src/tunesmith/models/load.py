@@ -58,22 +58,63 @@ def resolve(name: str) -> ResolvedModel:
     return ResolvedModel(name, name, "hub")
 
 
-def load_tokenizer(path: str):
+# Weight files that hold only tensors, and pickle-based ones, which can run arbitrary code when unpickled.
+SAFE_WEIGHTS = (".safetensors", ".gguf")
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(path: str, allow_pickle: bool = False) -> None:
+    """Refuse a local model folder whose only weights are pickle-based, unless allowed. A hub id is not
+    checked here: load_causal_lm asks transformers for safetensors only."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.name.endswith(SAFE_WEIGHTS) for p in files):
+        return
+    pickled = sorted(p.name for p in files if p.name.endswith(PICKLE_WEIGHTS))
+    if not pickled:
+        return
+    if not allow_pickle:
+        raise ModelError(f"model folder '{folder}' holds only pickle-based weights ({folder / pickled[0]}); "
+                         "loading a pickle file can run arbitrary code",
+                         "convert the weights to safetensors (transformers: load, then save_pretrained with "
+                         "safe_serialization=True), or, only for weights you trust, pass --allow-pickle "
+                         "(model.allow_pickle: true)")
+    from tunesmith.console import err_console
+
+    err_console.print(f"[yellow]warning: loading pickle-based weights {folder / pickled[0]} "
+                      "(model.allow_pickle is on); they are read with torch.load(weights_only=True)[/yellow]")
+
+
+def warn_remote_code(path: str, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        from tunesmith.console import err_console
+
+        err_console.print(f"[yellow]warning: model.trust_remote_code is on: Python code shipped with '{path}' "
+                          "will run on this machine with your permissions[/yellow]")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(path: str, dtype, attention: str | None = None):
+def load_causal_lm(path: str, dtype, attention: str | None = None, *, allow_pickle: bool = False,
+                   trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
+    check_weight_files(path, allow_pickle)
     extra = {"attn_implementation": attention} if attention else {}
     try:
-        # safetensors only: pickle-based .bin weights can execute code when loaded.
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **extra)
+        # safetensors only unless pickle is allowed: pickle-based .bin weights can execute code when loaded
+        # (transformers reads them with torch.load(weights_only=True), which narrows but does not end the risk).
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                                    trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a causal language model from '{path}': {str(exc).splitlines()[0]}",
                          "check that the folder holds config.json and *.safetensors weights of a decoder model "

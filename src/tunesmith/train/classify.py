@@ -32,7 +32,7 @@ from tunesmith.eval.classification import task_metrics, tune_thresholds
 from tunesmith.io import read_jsonl, write_json_atomic
 from tunesmith.models.adapters import apply_task_method, describe_parameters, count_parameters, quantization_config
 from tunesmith.models.classifier import collate_ids, load_sequence_model, outputs_from_logits
-from tunesmith.train.checkpoint import (latest_checkpoint, load_training_state, load_weights, restore_rng,
+from tunesmith.train.checkpoint import (load_weights, newest_loadable, prune_checkpoints, restore_rng,
                                         save_checkpoint, save_weights)
 from tunesmith.train.loop import _schedule, peak_memory_mb, pick_device
 
@@ -108,7 +108,7 @@ def evaluate_rows(task: str, space: dict, model, rows: list[dict], batch_size: i
 
 
 def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume: bool = False,
-             on_eval: Callable[[int, float], bool] | None = None) -> dict:
+             on_eval: Callable[[int, float], bool] | None = None, force: bool = False) -> dict:
     """Train a sequence classification / regression model; return a summary for the run card. on_eval(step,
     eval_loss) is called after each epoch's evaluation; returning True stops the run there (sweep pruning)."""
     cfg, task = config.train, config.task
@@ -164,14 +164,14 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
 
     step = 0
     metrics_path = run_dir / "metrics.jsonl"
-    checkpoint = latest_checkpoint(run_dir) if resume else None
+    # The newest checkpoint that verifies (manifest sha256s); broken or unfinished ones are skipped with a warning.
+    checkpoint, trainer_state, state = newest_loadable(run_dir) if resume else (None, None, None)
     if checkpoint is not None:
         load_weights(model, checkpoint)
-        state = load_training_state(checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        step = trainer_state["step"]
         _truncate_metrics(metrics_path, step)
         console.print(f"resumed from {checkpoint.name}: steps 1-{step} are not run again")
     elif metrics_path.exists():
@@ -224,6 +224,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
                                   " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
                     save_checkpoint(run_dir, step, model, optimizer, scheduler,
                                     {"epoch": step / steps_per_epoch, "eval_loss": held, **scores})
+                    prune_checkpoints(run_dir, cfg.keep_checkpoints, None)
                     if on_eval is not None and on_eval(step, held):
                         stopped_early = True
                         break
@@ -231,7 +232,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
                     break
             if stopped_early:
                 break
-        summary = {"steps": step, "stopped_early": stopped_early,
+        summary = {"steps": step, "stopped_early": stopped_early, "adapter_step": step,
                    "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
                    "peak_memory_mb": round(peak_memory_mb(device), 1), "train_seconds": round(train_seconds, 2),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device,

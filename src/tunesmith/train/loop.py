@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,12 +21,21 @@ from tunesmith.console import console, progress_bar
 from tunesmith.data.batching import collate, collate_packed, length_grouped_batches, packed_micro_batches
 from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
 from tunesmith.errors import ConfigError, RunDirError
+from tunesmith.io import sha256_file, write_text_atomic
 from tunesmith.models.adapters import apply_method, count_parameters
 from tunesmith.models.load import load_causal_lm
+from tunesmith.redact import redact
+from tunesmith.tracking import MetricsLog
 from tunesmith.train.loss import linear_cross_entropy_sum
 from tunesmith.train.precision import Compute, resolve_compute
-from tunesmith.train.checkpoint import (latest_checkpoint, load_training_state, load_weights, restore_rng,
-                                        save_checkpoint, save_weights)
+from tunesmith.train.checkpoint import (checkpoint_name, load_checkpoint, load_weights, newest_loadable,
+                                        prune_checkpoints, restore_rng, save_checkpoint, save_weights)
+from tunesmith.train.early_stop import EvalHistory
+from tunesmith.train.guard import BadStepGuard, StopRequest, check_output_room, checkpoint_bytes
+from tunesmith.train.resume import config_hash, flatten
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
 def pick_device(setting: str) -> str:
@@ -102,11 +112,12 @@ def peak_memory_mb(device: str) -> float:
 
 
 def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume: bool = False,
-        on_eval: Callable[[int, float], bool] | None = None) -> dict:
+        on_eval: Callable[[int, float], bool] | None = None, force: bool = False) -> dict:
     """Train on run_dir/data/train.tokens.jsonl; return a summary for the run card.
 
     on_eval(step, eval_loss) is called after each evaluation of the held-out loss; returning True stops the
-    run there (a sweep's pruner uses it). The summary then has "stopped_early": True."""
+    run there (a sweep's pruner uses it). The summary then has "stopped_early": True. resume: continue from
+    the newest checkpoint that verifies; force: even when the config or data changed since it was written."""
     cfg = config.train
     device = pick_device(cfg.device)
     if device == "cpu":
@@ -118,12 +129,14 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                           "make global_batch_size a multiple of micro_batch_size (e.g. 16 and 8)")
     accum = cfg.global_batch_size // cfg.micro_batch_size
     random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
     train_path, eval_path = run_dir / "data" / "train.tokens.jsonl", run_dir / "data" / "eval.tokens.jsonl"
     if not train_path.is_file():
         raise RunDirError(f"'{train_path}' is missing", "run `tunesmith train PROJECT.yaml` to prepare the data")
     train_rows, eval_rows = read_tokenized(train_path), read_tokenized(eval_path)
+    data_sha256 = sha256_file(train_path) + sha256_file(eval_path)
     lengths = [len(r.input_ids) for r in train_rows]
     max_seq_len = json.loads((run_dir / "data" / "stats.json").read_text())["max_seq_len"]
     # Packing pays where padding and small launches cost most (CUDA); on CPU rows are already length-grouped
@@ -131,13 +144,15 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     packing = cfg.packing if cfg.packing != "auto" else device == "cuda"
 
     compute = resolve_compute(cfg.precision, config.model.dtype, config.method.kind, device)
-    model = load_causal_lm(base_path, compute.weights, compute.attention)
+    model = load_causal_lm(base_path, compute.weights, compute.attention, allow_pickle=config.model.allow_pickle,
+                           trust_remote_code=config.model.trust_remote_code)
     model = apply_method(model, config.method, device).to(device)
     model.config.use_cache = False
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), "
                   f"method {config.method.kind}, device {device}, "
                   f"{compute.name}")
+    check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
     model.train()
 
     micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
@@ -149,26 +164,40 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(warmup, total_steps) if warmup else
                                                   _schedule(0, total_steps))
 
-    step = 0
+    history = EvalHistory(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
+    guard = BadStepGuard(cfg.max_bad_steps)
+    fingerprint = {"config_sha256": config_hash(config), "data_sha256": data_sha256}
+    step, last_checkpoint, stop = 0, None, None
     metrics_path = run_dir / "metrics.jsonl"
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        load_weights(model, checkpoint)
-        state = load_training_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        _truncate_metrics(metrics_path, step)
-        console.print(f"resumed from {checkpoint.name}: steps 1-{step} are not run again")
-    elif metrics_path.exists():
+    if resume:
+        checkpoint, state, training = newest_loadable(run_dir)
+        if checkpoint is None:
+            console.print("no complete checkpoint to resume from: starting at step 1")
+        else:
+            _check_fingerprint(state, fingerprint, checkpoint, force)
+            load_weights(model, checkpoint)
+            optimizer.load_state_dict(training["optimizer"])
+            scheduler.load_state_dict(training["scheduler"])
+            restore_rng(training["rng"])
+            step, last_checkpoint = state["step"], checkpoint.name
+            history.restore(state["history"])
+            guard.in_a_row = state["bad_steps_in_a_row"]
+            if state.get("stop_reason") in ("early_stopping", "on_eval"):
+                stop = state["stop_reason"]  # the run had already ended there; resuming only finishes it
+            _truncate_metrics(metrics_path, step)
+            console.print(f"resumed from {checkpoint.name}: steps 1-{step} are not run again")
+    if step == 0 and metrics_path.exists():
         metrics_path.unlink()
 
-    tokens, train_seconds, record, stopped_early = 0, 0.0, None, False
-    with open(metrics_path, "a", encoding="utf-8") as log, progress_bar() as progress:
+    tokens, train_seconds, record = 0, 0.0, None
+    params_for_tracking = redact(flatten(config.model_dump(mode="json")))
+    with MetricsLog(metrics_path, cfg.tracking, params_for_tracking, config.name) as log, StopRequest() as signals, \
+            progress_bar() as progress:
         task = progress.add_task("training", total=total_steps, completed=step, loss=float("nan"), tps=0.0)
-        while step < total_steps:
+        while step < total_steps and stop is None:
             epoch_index = step // steps_per_epoch
+            # The batch order is a pure function of seed and epoch, so a resumed run skips exactly the groups
+            # the checkpoint's step count says were done.
             batches = length_grouped_batches(lengths, cfg.micro_batch_size, cfg.seed + epoch_index)
             groups = [batches[i:i + accum] for i in range(0, len(batches), accum)]
             for group in groups[step - epoch_index * steps_per_epoch:]:
@@ -192,9 +221,11 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                         loss_sum, _ = label_loss_sum(model, batch)
                     (loss_sum / n_labels).backward()
                     step_loss += loss_sum.item() / n_labels
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
+                finite = guard.finite(step_loss, grad_norm)
+                if finite:  # a NaN/inf step changes no weight and no optimizer moment
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -202,34 +233,61 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                 tokens += step_tokens
                 elapsed = time.perf_counter() - started
                 train_seconds += elapsed
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(step_loss, 6),
-                          "lr": lr, "tokens": step_tokens, "tokens_per_s": round(step_tokens / elapsed, 2)}
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                          "loss": round(step_loss, 6) if finite else None, "lr": lr, "tokens": step_tokens,
+                          "tokens_per_s": round(step_tokens / elapsed, 2)}
+                if not finite:
+                    record["skipped"] = "non-finite loss or gradients"
                 if step % cfg.log_every_steps == 0 and step != total_steps:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()  # so `tail -f metrics.jsonl` follows a long run
+                    log.write(record)
+                if not finite:
+                    guard.check(step, lr, step_loss, grad_norm, last_checkpoint)  # raises past max_bad_steps
                 progress.update(task, advance=1, loss=step_loss, tps=tokens / max(train_seconds, 1e-9))
-                epoch_done = step % steps_per_epoch == 0
-                if epoch_done or step == total_steps:
+                evaluate = (step % steps_per_epoch == 0 or step == total_steps or
+                            (cfg.eval_every_steps > 0 and step % cfg.eval_every_steps == 0))
+                if evaluate:
                     held = eval_loss(model, eval_rows, cfg.micro_batch_size, tokenizer.pad_token_id, device,
                                      compute)
-                    log.write(json.dumps({"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                          "eval_loss": round(held, 6)}) + "\n")
-                    log.flush()
-                    save_checkpoint(run_dir, step, model, optimizer, scheduler,
-                                    {"epoch": step / steps_per_epoch, "eval_loss": held})
+                    log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "eval_loss": round(held, 6)})
+                    history.update(step, held)
+                    if history.should_stop:
+                        stop = "early_stopping"
+                        console.print(f"early stopping at step {step}: no eval-loss improvement of at least "
+                                      f"{cfg.early_stopping_min_delta} in {history.without_improvement} evaluations "
+                                      f"(best {history.best_loss:.4f} at step {history.best_step})")
                     if on_eval is not None and on_eval(step, held):
-                        stopped_early = True
-                        break
-                if step == total_steps:
+                        stop = stop or "on_eval"
+                stop = stop or signals.signal
+                # Every evaluation is checkpointed too, so the best weights are always on disk.
+                if evaluate or stop or step == total_steps or \
+                        (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0):
+                    state = {"epoch": step / steps_per_epoch, "epoch_index": step // steps_per_epoch,
+                             "step_in_epoch": step % steps_per_epoch, "eval_loss": held if evaluate else None,
+                             "history": history.state(), "bad_steps_in_a_row": guard.in_a_row,
+                             "stop_reason": stop, "seed": cfg.seed, **fingerprint}
+                    last_checkpoint = save_checkpoint(run_dir, step, model, optimizer, scheduler, state).name
+                    prune_checkpoints(run_dir, cfg.keep_checkpoints, history.best_step)
+                if stop or step == total_steps:
                     break
-            if stopped_early:
-                break
-        summary = {"steps": step, "stopped_early": stopped_early, "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
+        summary = {"steps": step, "stopped_early": stop in ("early_stopping", "on_eval"), "stop_reason": stop,
+                   "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
                    "peak_memory_mb": round(peak_memory_mb(device), 1), "train_seconds": round(train_seconds, 2),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device,
-                   "precision": compute.name}
+                   "precision": compute.name, "best_step": history.best_step, "best_eval_loss": history.best_loss,
+                   "adapter_step": step}
+        if stop in STOP_SIGNALS:
+            summary["interrupted"] = stop
+            summary["checkpoint"] = last_checkpoint
+            return summary  # no adapter: the run is not finished; its records stay as they are for --resume
+        if (stop == "early_stopping" or cfg.load_best) and history.best_step not in (None, step):
+            best = run_dir / "checkpoints" / checkpoint_name(history.best_step)
+            load_checkpoint(best)  # verifies it before its weights are used
+            load_weights(model, best)
+            summary["adapter_step"] = history.best_step
+            console.print(f"the adapter holds the best weights: step {history.best_step}, eval loss "
+                          f"{history.best_loss:.4f}")
         if record is not None:  # the last training record carries the run's throughput and memory
-            log.write(json.dumps({**record, **summary}) + "\n")
+            log.write({**record, **summary})
 
     adapter_dir = run_dir / "adapter"
     adapter_dir.mkdir(exist_ok=True)
@@ -238,9 +296,25 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     return summary
 
 
+def _check_fingerprint(state: dict, fingerprint: dict, checkpoint: Path, force: bool) -> None:
+    """The checkpoint must come from this config and these prepared data, unless --force."""
+    what = {"config_sha256": "the config (keys that change the result)", "data_sha256": "the prepared data"}
+    changed = [what[k] for k in fingerprint if state.get(k) != fingerprint[k]]
+    if changed and not force:
+        raise ConfigError(f"{' and '.join(changed)} differ from what checkpoint {checkpoint.name} was trained on",
+                          "resume with the original project file and data, or pass --force to continue anyway "
+                          "(the result then differs from an uninterrupted run)", where=str(checkpoint))
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records logged after the checkpoint we resume from: those steps run again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash mid-write
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
