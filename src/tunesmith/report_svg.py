@@ -92,7 +92,8 @@ def line_chart(series: list[dict], element_id: str, title: str, x_label: str, y_
 
 
 def loss_chart(records: list[dict]) -> str:
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
+    # A skipped (non-finite) step logs "loss": null: it has no point on the curve.
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None and "step" in r]
     held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and "step" in r]
     series = [{"label": "train loss", "color": "#1f77b4", "points": train}]
     if held:

@@ -205,7 +205,9 @@ def _objective(sweep: Sweep, trial) -> float:
 
     try:
         config = trial_config(sweep, values, f"{sweep.base.name}-trial-{trial.number}", run_dir)
-        train_project(config, on_eval=on_eval)
+        card = train_project(config, on_eval=on_eval)
+        if card["train"].get("interrupted"):  # SIGINT/SIGTERM: the whole sweep stops, not only this trial
+            raise KeyboardInterrupt
         if state["pruned"]:
             _write_trial(run_dir, trial, "PRUNED", None, sweep)
             raise optuna.TrialPruned(f"eval loss {state['loss']:.4f}")
