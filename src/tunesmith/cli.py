@@ -22,6 +22,8 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a p
 ProjectArg = Annotated[Path, typer.Argument(help="The YAML project file.")]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing run in the output folder.")]
+IgnorePlanOption = Annotated[bool, typer.Option("--ignore-plan", help="Train even when `tunesmith plan` predicts "
+                                                                      "the run will not fit in memory.")]
 
 
 def _config(project: Path, overrides: list[str] | None):
@@ -42,23 +44,25 @@ def _print_metrics(metrics: dict) -> None:
 
 
 @app.command()
-def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False):
+def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False,
+        ignore_plan: IgnorePlanOption = False):
     """Run the whole pipeline: check and split the data, train, evaluate base vs fine-tuned, write the report."""
     from tunesmith.pipeline import run_project
 
     config = _config(project, set_)
-    metrics = run_project(config, resume=resume, force=force)
+    metrics = run_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     _print_metrics(metrics)
     console.print(f"run directory: {config.output}  (report: {Path(config.output) / 'report.md'})")
 
 
 @app.command()
-def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False):
+def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False,
+          ignore_plan: IgnorePlanOption = False):
     """Check and split the data, then fine-tune; writes data/, metrics.jsonl, checkpoints/ and adapter/."""
     from tunesmith.pipeline import train_project
 
     config = _config(project, set_)
-    card = train_project(config, resume=resume, force=force)
+    card = train_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     console.print(f"trained {card['train']['steps']} steps at {card['train']['train_tokens_per_s']:.0f} tokens/s; "
                   f"adapter in {Path(config.output) / 'adapter'}")
 
@@ -84,11 +88,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with ev
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
 
 app.add_typer(data_app, name="data")
+from tunesmith.cli_plan import plan  # noqa: E402
+
+app.command()(plan)
 
 
 def main() -> None:
     try:
-        if len(sys.argv) > 1 and sys.argv[1] in ("run", "train", "eval"):
+        if len(sys.argv) > 1 and sys.argv[1] in ("run", "train", "eval", "plan"):
             from tunesmith.console import quiet_libraries
 
             quiet_libraries()

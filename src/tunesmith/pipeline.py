@@ -172,8 +172,10 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def train_project(config: ProjectConfig, resume: bool = False, force: bool = False,
-                  on_eval: Callable[[int, float], bool] | None = None) -> dict:
-    """`tunesmith train`: prepare the data and fit; returns the run card. on_eval: see train.loop.fit."""
+                  on_eval: Callable[[int, float], bool] | None = None, ignore_plan: bool = False) -> dict:
+    """`tunesmith train`: prepare the data and fit; returns the run card. on_eval: see train.loop.fit.
+    Refuses a configuration `tunesmith plan` predicts will not fit in memory, unless ignore_plan."""
+    from tunesmith.plan import enforce_plan
     from tunesmith.train.loop import fit
 
     if config.task != "generation":
@@ -182,6 +184,7 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     run_dir = Path(config.output)
     started = time.time()
     resolved: ResolvedModel = resolve(config.model.base)
+    enforce_plan(config, resolved.path, ignore=ignore_plan)  # before the run directory or any weight is touched
     _claim_run_dir(run_dir, resume, force)
     write_text_atomic(run_dir / "config.yaml", dump_config(config))
     tokenizer = load_tokenizer(resolved.path)
@@ -198,13 +201,13 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     return card
 
 
-def run_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict:
+def run_project(config: ProjectConfig, resume: bool = False, force: bool = False, ignore_plan: bool = False) -> dict:
     """`tunesmith run`: train, evaluate base vs fine-tuned, write the report. Returns eval/metrics.json."""
     from tunesmith.eval.evaluate import evaluate
     from tunesmith.report import write_report
 
     started = time.time()
-    card = train_project(config, resume=resume, force=force)
+    card = train_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     run_dir = Path(config.output)
     eval_started = time.time()
     metrics = evaluate(config, run_dir)
