@@ -23,8 +23,8 @@ from pathlib import Path
 from tunesmith.config import ProjectConfig
 from tunesmith.errors import ConfigError
 from tunesmith.plan_device import Device, parse_device, sustained_flops
-from tunesmith.plan_model import (ModelShape, classifier_params, decoder_saved_per_token,
-                                  encoder_saved_per_token, read_shape)
+from tunesmith.plan_model import (ModelShape, classifier_params, decoder_saved_outside_layers,
+                                  decoder_saved_per_token, encoder_saved_per_token, read_shape)
 
 MB = 2**20
 # RSS of a `tunesmith train` process just before it loads the model: Python + torch + transformers + peft +
@@ -196,12 +196,15 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     saver = encoder_saved_per_token if shape.is_encoder else decoder_saved_per_token
     per_token = saver(shape, "full" if method == "full" else "lora", c, autocast, config.method.r, targets, width,
                       eager)
-    layer_acts = shape.layers * per_token * rows * width
-    # LM head on labelled positions only: the fp32 log-softmax it saves, and in backward the gradients of the
-    # log-probabilities and of the fp32 logits plus their cast to the compute dtype: (4 + 4 + 4 + c) bytes.
-    head_acts = 0 if shape.is_encoder else labelled * shape.vocab * (12 + c)
+    saved = shape.layers * per_token * rows * width
+    if not shape.is_encoder:  # final norm, and the LM head on labelled positions only (its fp32 log-softmax)
+        saved += decoder_saved_outside_layers(shape, "full" if method == "full" else "lora", c, rows * width,
+                                              labelled)
+    # Backward of the LM head briefly adds, while every activation is still held, the gradients of the
+    # log-probabilities and of the fp32 logits and their cast to the compute dtype: (4 + 4 + c) bytes per logit.
+    head_backward = 0 if shape.is_encoder else labelled * shape.vocab * (8 + c)
     factor = CPU_ALLOCATOR_FACTOR if device.kind == "cpu" else CUDA_ALLOCATOR_FACTOR
-    activations = layer_acts * factor + head_acts
+    activations = saved * factor + head_backward
 
     file_bytes = _file_bytes(model_dir, params)
     if device.kind == "cpu":

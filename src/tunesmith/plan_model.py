@@ -214,6 +214,18 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     return norms + inputs + lora_mid + attention + mlp
 
 
+def decoder_saved_outside_layers(shape: ModelShape, method: str, compute_bytes: int, tokens: int,
+                                 labelled: int) -> float:
+    """The final norm (like a layer's norms), the LM head's input on labelled positions when the head is trained,
+    and the fp32 log-softmax the cross-entropy keeps: labelled x vocab x 4 bytes. With a frozen embedding (LoRA)
+    the first layer's first norm reads a tensor that needs no gradient and saves nothing, which the final norm
+    makes up for: no term."""
+    h = shape.hidden
+    norm = (8 * h + 4) if method == "full" else 0
+    head_input = labelled * h * compute_bytes if method == "full" else 0
+    return tokens * norm + head_input + labelled * shape.vocab * 4
+
+
 def encoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, autocast: bool, lora_r: int,
                             targets: list[str] | None, s: int, eager: bool) -> float:
     """Bytes one token leaves saved in one BERT/RoBERTa layer. Dropout (p=0.1 while training) keeps a 1-byte
