@@ -49,7 +49,7 @@ class TokenStats:
     lengths: list[int]  # tokens per row after truncation to max_seq_len, longest first
     labels: list[int]  # labelled tokens per row, same order (classification: 1 per row)
     max_seq_len: int
-    num_labels: int = 0  # classes for an encoder's head
+    num_labels: int = 0  # outputs of a classification/regression head (0: generation)
     sampled: bool = False
 
     def worst_batch(self, micro_batch_size: int) -> tuple[int, int, int]:
@@ -122,7 +122,7 @@ def token_stats(config: ProjectConfig, model_dir: str, shape: ModelShape, tokeni
     max_len = min(config.data.max_seq_len, shape.max_positions)
     rows = len(examples) if config.data.eval is not None else round(len(examples) * (1 - config.data.eval_fraction))
     tokenizer = tokenizer or load_tokenizer(model_dir)
-    if shape.is_encoder:
+    if config.task != "generation":  # text in, one prediction per row: [CLS] text [SEP] (encoders)
         encoded = tokenizer([e.input_text for e in examples], truncation=True, max_length=max_len)["input_ids"]
         lengths = sorted((len(ids) for ids in encoded), reverse=True)
         classes = {label for e in examples for label in (e.labels if e.labels is not None else [e.label])}
@@ -157,7 +157,16 @@ def _file_bytes(model_dir: str, params: int) -> int:
 
 
 def _compute(config: ProjectConfig, method: str, device: Device):
-    from tunesmith.train.precision import resolve_compute
+    """The precision the trainer will use: train/precision.py for generation; classification and regression
+    (train/classify.py) keep fp32 weights, under bf16 autocast on CUDA or with train.precision: bf16, and
+    transformers' default attention."""
+    from tunesmith.train.precision import Compute, resolve_compute
+
+    if config.task != "generation":
+        import torch
+
+        bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and device.kind == "cuda")
+        return Compute(torch.float32, torch.bfloat16 if bf16 else None, None)
 
     return resolve_compute(config.train.precision, config.model.dtype, "lora" if method == "qlora" else method,
                            device.kind)
@@ -173,7 +182,8 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     weight_bytes = compute.weights.itemsize
     autocast = compute.autocast is not None
     c = 2 if (autocast or weight_bytes == 2) else weight_bytes  # the dtype the matmuls run in
-    num_labels = stats.num_labels if shape.is_encoder else 0
+    num_labels = stats.num_labels  # 0 for generation
+    lm_head = num_labels == 0
     params = shape.params(num_labels)
     targets = None if config.method.target_modules in ("auto", "all-linear") else list(config.method.target_modules)
     head = classifier_params(shape, num_labels) if num_labels else 0
@@ -182,7 +192,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     # Weights. full: fp32 master weights, plus the bf16 copies autocast caches from forward until backward ends.
     if method == "full":
         trainable = params
-        weights = params * weight_bytes + (shape.linear_params + shape.head_params) * 2 * autocast
+        weights = params * weight_bytes + (shape.linear_params + shape.head_params * lm_head) * 2 * autocast
     elif method == "qlora":
         trainable = lora
         weights = shape.linear_params * NF4_BYTES + (params - shape.linear_params) * 2 + lora * 4
@@ -192,17 +202,19 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     grads, optimizer = trainable * 4, trainable * 8  # fp32 gradients; AdamW's exp_avg and exp_avg_sq
 
     rows, width, labelled = stats.worst_batch(micro_batch_size)
-    eager = device.kind == "cpu"
+    # Eager attention's s x s scores: decoders on CPU (train/precision.py); encoders train with dropout on the
+    # attention probabilities, which sends SDPA to its math path on CPU, scores included.
+    eager = device.kind == "cpu" and (compute.attention == "eager" or shape.is_encoder)
     saver = encoder_saved_per_token if shape.is_encoder else decoder_saved_per_token
     per_token = saver(shape, "full" if method == "full" else "lora", c, autocast, config.method.r, targets, width,
                       eager)
     saved = shape.layers * per_token * rows * width
-    if not shape.is_encoder:  # final norm, and the LM head on labelled positions only (its fp32 log-softmax)
+    if lm_head:  # final norm, and the LM head on labelled positions only (its fp32 log-softmax)
         saved += decoder_saved_outside_layers(shape, "full" if method == "full" else "lora", c, rows * width,
                                               labelled)
     # Backward of the LM head briefly adds, while every activation is still held, the gradients of the
     # log-probabilities and of the fp32 logits and their cast to the compute dtype: (4 + 4 + c) bytes per logit.
-    head_backward = 0 if shape.is_encoder else labelled * shape.vocab * (8 + c)
+    head_backward = 0 if not lm_head else labelled * shape.vocab * (8 + c)
     factor = CPU_ALLOCATOR_FACTOR if device.kind == "cpu" else CUDA_ALLOCATOR_FACTOR
     activations = saved * factor + head_backward
 
@@ -222,7 +234,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     est.trainable_params = trainable
     est.fits = "yes" if peak <= HEADROOM * device.memory_bytes else "tight" if peak <= device.memory_bytes else "no"
     if flops_per_s > 0:
-        est.seconds_per_epoch = epoch_flops(shape, stats, method, micro_batch_size, lora) / flops_per_s
+        est.seconds_per_epoch = epoch_flops(shape, stats, method, micro_batch_size, lora, lm_head) / flops_per_s
     if method == "qlora":
         est.note = "4-bit NF4 base (bitsandbytes); tunesmith does not train qlora yet"
     elif config.method.kind == "dora" and method == "lora":
@@ -230,7 +242,8 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     return est
 
 
-def epoch_flops(shape: ModelShape, stats: TokenStats, method: str, micro_batch_size: int, lora: int) -> float:
+def epoch_flops(shape: ModelShape, stats: TokenStats, method: str, micro_batch_size: int, lora: int,
+                lm_head: bool = True) -> float:
     """FLOPs of one epoch. Convention: a matmul parameter costs 2 FLOPs per token forward and 4 backward
     (input gradient + weight gradient), so full fine-tuning is 6·N per token; a frozen base skips the weight
     gradient, so LoRA/QLoRA is 4·N plus 6 per adapter parameter. Attention adds 4·s·d per token and layer forward
@@ -240,7 +253,7 @@ def epoch_flops(shape: ModelShape, stats: TokenStats, method: str, micro_batch_s
     per_token = (6 * body if method == "full" else 4 * body + 6 * lora)
     per_token += 3 * 4 * mean_width * shape.heads * shape.head_dim * shape.layers
     labelled = sum(stats.labels) * stats.rows / max(len(stats.labels), 1)
-    head = 0 if shape.is_encoder else (6 if method == "full" else 4) * shape.vocab * shape.hidden * labelled
+    head = 0 if not lm_head else (6 if method == "full" else 4) * shape.vocab * shape.hidden * labelled
     return per_token * tokens + head
 
 
@@ -287,7 +300,7 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
     rows, width, labelled = stats.worst_batch(mbs)
     return Plan(device=device,
                 model={"base": config.model.base, "path": model_dir, "type": shape.model_type,
-                       "params": shape.params(stats.num_labels if shape.is_encoder else 0),
+                       "params": shape.params(stats.num_labels),
                        "layers": shape.layers, "hidden": shape.hidden, "vocab": shape.vocab},
                 data={"rows": stats.rows, "max_seq_len": stats.max_seq_len, "longest_row": stats.lengths[0],
                       "mean_tokens": round(sum(stats.lengths) / len(stats.lengths), 1),

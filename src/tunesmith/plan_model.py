@@ -62,11 +62,9 @@ class ModelShape:
         return 0 if self.tied or self.is_encoder else self.vocab * self.hidden
 
     def params(self, num_labels: int = 0) -> int:
-        """Total parameters; an encoder with num_labels > 0 gets its sequence-classification head."""
-        total = self.outside_layers + self.layers * self.layer_params + self.head_params
-        if self.is_encoder and num_labels:
-            total += classifier_params(self, num_labels)
-        return total
+        """Total parameters; num_labels > 0: the sequence-classification model (its head instead of an LM head)."""
+        body = self.outside_layers + self.layers * self.layer_params
+        return body + (classifier_params(self, num_labels) if num_labels else self.head_params)
 
     def lora_params(self, r: int, targets: list[str] | None) -> int:
         """A (r x in) + B (out x r) per adapted projection; targets None: every projection."""
@@ -82,6 +80,8 @@ def targeted(linears, targets: list[str] | None) -> list[Linear]:
 
 
 def classifier_params(shape: ModelShape, num_labels: int) -> int:
+    if not shape.is_encoder:  # *ForSequenceClassification decoders: score = Linear(hidden, labels, bias=False)
+        return shape.hidden * num_labels
     if shape.model_type == "bert":  # BertForSequenceClassification: pooled [CLS] -> Linear(hidden, labels)
         return shape.hidden * num_labels + num_labels
     # RoBERTa: dense(hidden, hidden) + out_proj(hidden, labels) on <s>, and no pooler (counted in outside_layers)
