@@ -192,7 +192,8 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     # Weights. full: fp32 master weights, plus the bf16 copies autocast caches from forward until backward ends.
     if method == "full":
         trainable = params
-        weights = params * weight_bytes + (shape.linear_params + shape.head_params * lm_head) * 2 * autocast
+        # (the LM head's matmul casts its weight too, tied to the embedding or not)
+        weights = params * weight_bytes + (shape.linear_params + shape.vocab * shape.hidden * lm_head) * 2 * autocast
     elif method == "qlora":
         trainable = lora
         weights = shape.linear_params * NF4_BYTES + (params - shape.linear_params) * 2 + lora * 4
