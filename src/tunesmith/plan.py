@@ -45,7 +45,7 @@ METHODS = ("full", "lora", "qlora")
 
 @dataclass
 class TokenStats:
-    rows: int  # training rows (after the eval split when data.eval is not given)
+    rows: int  # training rows: cleaned, and after the eval split when data.eval is not given
     lengths: list[int]  # tokens per row after truncation to max_seq_len, longest first
     labels: list[int]  # labelled tokens per row, same order (classification: 1 per row)
     max_seq_len: int
@@ -60,11 +60,10 @@ class TokenStats:
 
     def epoch_tokens(self, micro_batch_size: int) -> tuple[int, float]:
         """Padded tokens per epoch and the mean padded width, for length-grouped batches."""
-        scale = self.rows / max(len(self.lengths), 1)
         padded = sum(self.lengths[i] * min(micro_batch_size, len(self.lengths) - i)
                      for i in range(0, len(self.lengths), micro_batch_size))
         batches = math.ceil(len(self.lengths) / micro_batch_size)
-        return int(padded * scale), padded / max(batches * micro_batch_size, 1)
+        return padded, padded / max(batches * micro_batch_size, 1)
 
 
 @dataclass
@@ -111,6 +110,8 @@ def token_stats(config: ProjectConfig, model_dir: str, shape: ModelShape, tokeni
     """Tokenize the training data the way the pipeline does (chat template, completion-only labels, truncation
     to data.max_seq_len clipped to the model's limit). Nothing is written and no weights are loaded."""
     from tunesmith.data.check import check, require_usable, token_lengths
+    from tunesmith.data.clean import CleanOptions, CleanResult, clean_examples
+    from tunesmith.data.split import split
     from tunesmith.data.tokenize import ensure_chat_template, tokenize_example, with_system_prompt
     from tunesmith.models.load import load_tokenizer
 
@@ -119,8 +120,14 @@ def token_stats(config: ProjectConfig, model_dir: str, shape: ModelShape, tokeni
                           "or pass --set data.train=FILE")
     examples = require_usable(check(config.data.train, config.data.format, config.data.columns, config.task,
                                     quality=False), "train")
+    # The rows the trainer will see: cleaned, and split (seeded, so the same rows) as pipeline.prepare_data does.
+    result = CleanResult(rows_in=len(examples), rows_out=0)
+    clean_examples(examples, CleanOptions(**config.data.clean.model_dump()), result)
+    examples = result.examples
+    if config.data.eval is None and len(examples) > 1:
+        examples, _ = split(examples, config.data.eval_fraction, config.train.seed)
     max_len = min(config.data.max_seq_len, shape.max_positions)
-    rows = len(examples) if config.data.eval is not None else round(len(examples) * (1 - config.data.eval_fraction))
+    rows = len(examples)
     tokenizer = tokenizer or load_tokenizer(model_dir)
     if config.task != "generation":  # text in, one prediction per row: [CLS] text [SEP] (encoders)
         encoded = tokenizer([e.input_text for e in examples], truncation=True, max_length=max_len)["input_ids"]
@@ -253,7 +260,7 @@ def epoch_flops(shape: ModelShape, stats: TokenStats, method: str, micro_batch_s
     body = shape.linear_params
     per_token = (6 * body if method == "full" else 4 * body + 6 * lora)
     per_token += 3 * 4 * mean_width * shape.heads * shape.head_dim * shape.layers
-    labelled = sum(stats.labels) * stats.rows / max(len(stats.labels), 1)
+    labelled = sum(stats.labels)
     head = 0 if not lm_head else (6 if method == "full" else 4) * shape.vocab * shape.hidden * labelled
     return per_token * tokens + head
 
