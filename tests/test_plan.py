@@ -241,12 +241,14 @@ def _support_rows(n: int) -> list[dict]:
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_smollm2_predicted_peak_rss_is_within_25_percent(tmp_path, method):
-    write_jsonl(tmp_path / "train.jsonl", _support_rows(48))
+    """24 rows, 18 after the eval split: 3 micro-batches of 8, 8 and 2 rows, and 3 steps run the whole epoch, so
+    the heaviest micro-batch (the one the planner predicts) is among them."""
+    write_jsonl(tmp_path / "train.jsonl", _support_rows(24))
     project = {"name": "acc", "task": "generation",
                "data": {"train": str(tmp_path / "train.jsonl"), "max_seq_len": 256, "eval_fraction": 0.25,
                         "system_prompt": "You are the customer support assistant of Brightwave Mobile."},
                "model": {"base": "smollm2-135m-instruct"}, "method": {"kind": method},
-               "train": {"max_steps": 2, "micro_batch_size": 8, "global_batch_size": 8},
+               "train": {"max_steps": 3, "micro_batch_size": 8, "global_batch_size": 8},
                "output": str(tmp_path / "run")}
     predicted, measured = _accuracy(tmp_path, project, [])
     assert abs(predicted - measured) / measured <= TOLERANCE, (predicted, measured)
@@ -272,7 +274,7 @@ def test_minilm_classification_predicted_peak_rss_is_within_25_percent(tmp_path,
     project = {"name": "acc-cls", "task": "classification",
                "data": {"train": str(tmp_path / "train.jsonl"), "max_seq_len": 128, "eval_fraction": 0.25},
                "model": {"base": "minilm-l6"}, "method": {"kind": method},
-               "train": {"max_steps": 3, "micro_batch_size": 16, "global_batch_size": 16},
+               "train": {"max_steps": 5, "micro_batch_size": 16, "global_batch_size": 16},  # 72 rows: an epoch
                "output": str(tmp_path / "run")}
     predicted, measured = _accuracy(tmp_path, project, [])
     assert abs(predicted - measured) / measured <= TOLERANCE, (predicted, measured)

@@ -229,8 +229,9 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     file_bytes = _file_bytes(model_dir, params)
     if device.kind == "cpu":
         overhead = PROCESS_BASELINE_MB * MB
-        # fp32 file into fp32 weights: transformers keeps the mmapped tensors, so the pages count once.
-        cast = 0 if (method == "full" and weight_bytes == 4) else params * weight_bytes
+        # A file already in the weights' dtype is used in place (mmapped pages count once); a cast holds both.
+        same_dtype = abs(file_bytes / max(params, 1) - weight_bytes) < 0.5
+        cast = 0 if same_dtype else params * weight_bytes
         load = overhead + file_bytes + cast
     else:
         overhead = CUDA_CONTEXT_MB * MB
@@ -244,7 +245,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     if flops_per_s > 0:
         est.seconds_per_epoch = epoch_flops(shape, stats, method, micro_batch_size, lora, lm_head) / flops_per_s
     if method == "qlora":
-        est.note = "4-bit NF4 base (bitsandbytes); tunesmith does not train qlora yet"
+        est.note = "4-bit NF4 base weights (bitsandbytes, CUDA)"
     elif config.method.kind == "dora" and method == "lora":
         est.note = "dora: as lora, plus a weight-norm per adapted layer and step (not modeled)"
     return est
@@ -341,6 +342,11 @@ def enforce_plan(config: ProjectConfig, model_dir: str, ignore: bool = False) ->
     except ModelError:  # an architecture the planner does not know: train without a prediction
         return None
     chosen = plan.estimate("lora" if config.method.kind == "dora" else config.method.kind)
+    if chosen.fits == "tight":
+        from tunesmith.console import console
+
+        console.print(f"[yellow]predicted peak {chosen.peak_mb / 1024:.1f} GiB is above 85% of "
+                      f"{plan.device.label}: it may not fit (`tunesmith plan` shows the estimate)[/yellow]")
     if chosen.fits == "no":
         from tunesmith.cli_plan import print_plan
 
