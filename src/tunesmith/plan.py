@@ -31,6 +31,9 @@ MB = 2**20
 # tunesmith imported (391 MB alone), the tokenizer loaded, the data read and this plan made. Measured in the real
 # process on this machine (docs/plan.md): 394-398 MB for SmolLM2; a constant, not re-measured at plan time.
 PROCESS_BASELINE_MB = 400
+# `import peft` (LoRA, DoRA, QLoRA only: full fine-tuning never imports it) adds 141 MB of RSS on top of torch and
+# transformers (239 -> 380 MB measured), after the baseline above was taken.
+PEFT_IMPORT_MB = 140
 # RSS growth over the bytes autograd saves: glibc keeps freed transients of the forward pass (PEFT's fp32
 # sums, attention intermediates) in its heap. Measured with saved_tensors_hooks on SmolLM2 LoRA at four batch
 # shapes (8x120, 16x64, 4x256, 2x512 tokens): 1.23-1.39; docs/plan.md has the table.
@@ -228,11 +231,11 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
 
     file_bytes = _file_bytes(model_dir, params)
     if device.kind == "cpu":
-        overhead = PROCESS_BASELINE_MB * MB
+        overhead = (PROCESS_BASELINE_MB + (PEFT_IMPORT_MB if method != "full" else 0)) * MB
         # A file already in the weights' dtype is used in place (mmapped pages count once); a cast holds both.
         same_dtype = abs(file_bytes / max(params, 1) - weight_bytes) < 0.5
         cast = 0 if same_dtype else params * weight_bytes
-        load = overhead + file_bytes + cast
+        load = PROCESS_BASELINE_MB * MB + file_bytes + cast  # peft is imported after the model is loaded
     else:
         overhead = CUDA_CONTEXT_MB * MB
         load = overhead + weights
