@@ -327,12 +327,13 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
 def enforce_plan(config: ProjectConfig, model_dir: str, ignore: bool = False) -> Plan | None:
     """The check `train`/`run` make before the run directory is touched or a weight is loaded: refuse a
     configuration predicted not to fit (exit 1 with the table and the fix) unless ignore (`--ignore-plan`)."""
-    device_kind = "cuda" if config.train.device == "cuda" else None
-    if config.train.device == "auto":
-        import torch
+    import torch
 
+    device_kind = config.train.device
+    if device_kind == "auto":
         device_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    device_kind = device_kind or config.train.device
+    elif device_kind == "cuda" and not torch.cuda.is_available():
+        return None  # the trainer says so itself (train.loop.pick_device), with its fix
     if config.method.kind == "qlora" and device_kind == "cpu":
         raise ConfigError("method.kind 'qlora' needs a CUDA GPU (4-bit NF4 weights through bitsandbytes); this run "
                           "would train on the CPU", "set method.kind: lora (the same adapters on a bf16 base)")
@@ -342,7 +343,10 @@ def enforce_plan(config: ProjectConfig, model_dir: str, ignore: bool = False) ->
 
     try:
         plan = make_plan(config, model_dir, device_kind, measure=False)
-    except ModelError:  # an architecture the planner does not know: train without a prediction
+    except ModelError as exc:  # an architecture the planner does not know: train without a prediction
+        from tunesmith.console import console
+
+        console.print(f"[yellow]no memory plan: {exc.message}[/yellow]")
         return None
     chosen = plan.estimate("lora" if config.method.kind == "dora" else config.method.kind)
     if chosen.fits == "tight":
@@ -358,7 +362,7 @@ def enforce_plan(config: ProjectConfig, model_dir: str, ignore: bool = False) ->
         fix = (f"use {rec['set']} (predicted peak {rec['peak_mb'] / 1024:.1f} GiB)" if rec.get("method")
                else rec["set"])
         raise ConfigError(f"method {config.method.kind} with micro_batch_size {config.train.micro_batch_size} is "
-                          f"predicted to need {chosen.peak_mb / 1024:.1f} GiB at its peak, but "
-                          f"{plan.device.label.split(', ', 1)[1]} ({plan.device.kind})",
+                          f"predicted to need {chosen.peak_mb / 1024:.1f} GiB at its peak, but only "
+                          f"{plan.device.memory_bytes / 2**30:.1f} GiB of {plan.device.kind} memory is available",
                           f"{fix}; or pass --ignore-plan to train anyway (`tunesmith plan` shows the estimate)")
     return plan

@@ -73,7 +73,8 @@ def parse_device(spec: str | None) -> Device:
     if len(parts) == 1:
         return detect_device(kind)
     if len(parts) > 3:
-        raise ConfigError(f"--device '{spec}' has too many ':' parts", "use KIND:MEMORY[:GPU_NAME], e.g. cuda:80GB:H100")
+        raise ConfigError(f"--device '{spec}' has too many ':' parts",
+                          "use KIND:MEMORY[:GPU_NAME], e.g. cuda:80GB:H100")
     name = parts[2] if len(parts) == 3 else ""
     if name and kind == "cpu":
         raise ConfigError(f"--device '{spec}': a GPU name is only meaningful for cuda", "write e.g. cpu:24GB")
@@ -135,7 +136,8 @@ def sustained_flops(device: Device, bf16: bool, measure: bool = True) -> tuple[f
     if device.kind == "cuda":
         tflops, known = gpu_tflops(device.name)
         what = device.name or "unnamed GPU"
-        note = f"{what}: {tflops:.0f} TFLOP/s bf16 (spec sheet{'' if known else ', A100-class assumed'}) x MFU {CUDA_MFU}"
+        source = "spec sheet" if known else "unknown GPU, A100-class assumed"
+        note = f"{what}: {tflops:.0f} TFLOP/s bf16 ({source}) x MFU {CUDA_MFU}"
         return tflops * 1e12 * CUDA_MFU, note
     if not measure:
         return 0.0, "not measured"
