@@ -92,5 +92,7 @@ def plan(project: Annotated[Path, typer.Argument(help="The YAML project file.")]
     if chosen.fits == "no":
         rec = result.recommendation
         raise ConfigError(f"method {config.method.kind} with micro_batch_size {config.train.micro_batch_size} is "
-                          f"predicted to need {chosen.peak_mb / 1024:.1f} GiB, more than {target.label}",
+                          f"predicted to need {chosen.peak_mb / 1024:.1f} GiB, more than the "
+                          f"{target.memory_bytes / 2**30:.1f} GiB of {target.kind} memory "
+                          f"{'available now' if target.detected else 'given with --device'}",
                           rec["set"] if not rec.get("method") else f"use {rec['set']}", where=str(project))
