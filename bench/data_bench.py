@@ -42,13 +42,16 @@ def make_file(path: Path, rows: int, seed: int = 0) -> None:
 
 STAGE = r"""
 import json, resource, sys, time
-from tunesmith.data.check import check
+from pathlib import Path
+from tunesmith.data.check import scan
 from tunesmith.data.clean import CleanOptions, clean
 path, stage = sys.argv[1], sys.argv[2]
 started = time.perf_counter()
-if stage == "check":
-    report = check(path)
-    detail = {"findings": len(report.findings), "usable": report.usable}
+if stage == "check":  # what `tunesmith data check --json` does: stream, then read the findings back in order
+    report = scan([Path(path)], folder=str(Path(path).parent))
+    listed = sum(1 for _ in report.findings.sorted())
+    report.findings.close()
+    detail = {"findings": listed, "usable": report.usable}
 else:
     result = clean(path, path + ".clean.jsonl", CleanOptions(dedup="near", redact_pii="mask"))
     detail = {"rows_out": result.rows_out, "removed": dict(result.removed)}
@@ -85,28 +88,32 @@ def run(code: str, *args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", default="100000", help="row counts, comma-separated (e.g. 100000,400000 "
+                                                             "shows how memory grows with the file)")
     parser.add_argument("--baseline-rows", type=int, default=5_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "rows.jsonl"
-        make_file(path, args.rows)
-        size_mb = path.stat().st_size / 2**20
-        check_result = run(STAGE, str(path), "check")
-        clean_result = run(STAGE, str(path), "clean")
-        baseline = run(BASELINE, str(path), str(args.baseline_rows))
-    naive = baseline["seconds"] * args.rows / args.baseline_rows
-    print(f"{args.rows:,} rows, {size_mb:.0f} MB, {platform.processor() or platform.machine()}, "
-          f"{__import__('os').cpu_count()} cores\n")
-    print("| stage | seconds | rows/s | peak RSS MB | goal | vs naive per-row MinHash (dedup only) |")
-    print("|---|---:|---:|---:|---|---:|")
-    for name, result in (("data check", check_result), ("data clean --dedup near --redact-pii mask", clean_result)):
-        print(f"| {name} | {result['seconds']:.1f} | {args.rows / result['seconds']:,.0f} | {result['peak_mb']:.0f} "
-              f"| ≤ 60 s, < 2048 MB | {naive / result['seconds']:.1f}x |")
-    print(f"| naive baseline: per-row MinHash.update + LSH, {args.baseline_rows:,} rows extrapolated | "
-          f"{naive:.1f} | {args.rows / naive:,.0f} | | | 1.0x |")
-    print(f"\ncheck: {check_result['findings']:,} findings; clean: {clean_result['rows_out']:,} rows out, "
-          f"removed {clean_result['removed']}")
+    print(f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores\n")
+    print("| rows | file MB | stage | seconds | rows/s | peak RSS MB | goal | vs naive per-row MinHash (dedup only) |")
+    print("|---:|---:|---|---:|---:|---:|---|---:|")
+    notes = []
+    for rows in (int(r) for r in args.rows.split(",")):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "rows.jsonl"
+            make_file(path, rows)
+            size_mb = path.stat().st_size / 2**20
+            check_result = run(STAGE, str(path), "check")
+            clean_result = run(STAGE, str(path), "clean")
+            baseline = run(BASELINE, str(path), str(args.baseline_rows))
+        naive = baseline["seconds"] * rows / args.baseline_rows
+        for name, result in (("data check", check_result), ("data clean --dedup near --redact-pii mask",
+                                                            clean_result)):
+            print(f"| {rows:,} | {size_mb:.0f} | {name} | {result['seconds']:.1f} | {rows / result['seconds']:,.0f} "
+                  f"| {result['peak_mb']:.0f} | ≤ 60 s at 100k, < 2048 MB | {naive / result['seconds']:.1f}x |")
+        print(f"| {rows:,} | {size_mb:.0f} | naive baseline: per-row MinHash.update + LSH, {args.baseline_rows:,} "
+              f"rows extrapolated | {naive:.1f} | {rows / naive:,.0f} | | | 1.0x |")
+        notes.append(f"{rows:,} rows: check {check_result['findings']:,} findings; clean "
+                     f"{clean_result['rows_out']:,} rows out, removed {clean_result['removed']}")
+    print("\n" + "\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_task_defaults_follow_the_task_when_overridden(tmp_path):
     config = load_config(write(tmp_path, "task: generation\ndata:\n  train: train.jsonl\n"),
                          ["task=classification"])
     assert config.model.base == "minilm-l6"
-    assert config.train.lr == 5.0e-5
+    assert config.train.lr == 5.0e-4  # LoRA on an encoder; full fine-tuning keeps 5e-5
     assert config.data.max_seq_len == 512
     assert "accuracy" in config.eval.metrics
 

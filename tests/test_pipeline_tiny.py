@@ -22,7 +22,8 @@ def test_run_end_to_end_writes_the_run_directory_contract(tiny_project):
     for name in ("config.yaml", "run_card.json", "data/train.jsonl", "data/eval.jsonl", "data/test.jsonl",
                  "data/removed.jsonl", "data/stats.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors", "adapter/tokenizer.json", "eval/metrics.json",
-                 "eval/predictions.jsonl", "report.md", "loss_curve.svg"):
+                 "eval/predictions.jsonl", "eval/source.json", "eval/comparison.json", "eval/forgetting.json",
+                 "report.md", "report.html", "loss_curve.svg"):
         assert (run / name).is_file(), name
     assert (run / "adapter" / "chat_template.jinja").is_file() or \
         "chat_template" in (run / "adapter" / "tokenizer_config.json").read_text()
@@ -41,7 +42,9 @@ def test_run_end_to_end_writes_the_run_directory_contract(tiny_project):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"task", "n", "base", "finetuned", "delta"}
     assert metrics["n"] == 12 and metrics["task"] == "generation"
-    assert set(metrics["base"]) == set(metrics["finetuned"]) == {"rouge1", "rouge2", "rougeL", "exact_match"}
+    assert set(metrics["base"]) == set(metrics["finetuned"]) == {
+        "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "meteor", "exact_match", "perplexity",
+        "token_accuracy"}
     predictions = (run / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 12
     assert {"input", "reference", "base_output", "finetuned_output"} <= set(json.loads(predictions[0]))

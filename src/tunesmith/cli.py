@@ -37,6 +37,8 @@ def _print_metrics(metrics: dict) -> None:
     for column in ("metric", "base", "fine-tuned", "delta"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, tuned in metrics["finetuned"].items():
+        if not isinstance(tuned, (int, float)):
+            continue  # e.g. a confusion matrix (docs/evaluation.md); the report draws it
         base, delta = metrics["base"].get(name), metrics["delta"].get(name)
         table.add_row(name, "" if base is None else f"{base:.4f}", f"{tuned:.4f}",
                       "" if delta is None else f"{delta:+.4f}")
@@ -52,7 +54,8 @@ def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fals
     config = _config(project, set_)
     metrics = run_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     _print_metrics(metrics)
-    console.print(f"run directory: {config.output}  (report: {Path(config.output) / 'report.md'})")
+    report_path = Path(config.output) / "report.html"
+    console.print(f"run directory: {config.output}" + (f"  (report: {report_path})" if report_path.is_file() else ""))
 
 
 @app.command()
@@ -63,8 +66,10 @@ def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fa
 
     config = _config(project, set_)
     card = train_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
+    # full fine-tuning of a classification/regression model writes model/, every other run adapter/
+    weights = "model" if config.task != "generation" and config.method.kind == "full" else "adapter"
     console.print(f"trained {card['train']['steps']} steps at {card['train']['train_tokens_per_s']:.0f} tokens/s; "
-                  f"adapter in {Path(config.output) / 'adapter'}")
+                  f"weights in {Path(config.output) / weights}")
 
 
 @app.command("eval")
@@ -79,10 +84,11 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory written 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with eval/metrics.json.")]):
-    """Write report.md (metric table, loss curve, examples side by side) from a run directory."""
+    """Write report.html (self-contained) and report.md: metrics, loss curves, data, examples, forgetting."""
     from tunesmith.report import write_report
 
-    console.print(f"wrote {write_report(run_dir)}")
+    path = write_report(run_dir)
+    console.print(f"wrote {path} and {path.with_name('report.md')}")
 
 
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
@@ -91,6 +97,16 @@ app.add_typer(data_app, name="data")
 from tunesmith.cli_plan import plan  # noqa: E402
 
 app.command()(plan)
+
+from tunesmith.cli_serve import register as register_serving  # noqa: E402  (serve, predict, chat)
+
+register_serving(app)
+
+from tunesmith.cli_runs import runs_app  # noqa: E402
+from tunesmith.cli_sweep import sweep  # noqa: E402
+
+app.command()(sweep)
+app.add_typer(runs_app, name="runs")
 
 
 def main() -> None:

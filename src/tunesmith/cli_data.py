@@ -59,27 +59,58 @@ def check_cmd(files: Files, format_: FormatOption = "auto", column: ColumnOption
 
     Files named *test*, *eval*, *valid* or *dev* are also checked for leakage from the others. Exit 1 when a row
     cannot be used; 0 with warnings only."""
-    from tunesmith.data.check import check, summarize
+    from tunesmith.data.check import scan
+    from tunesmith.data.formats import expand_paths
 
-    report = check([str(f) for f in files], format_, _columns(column), task, _tokenizer(model), max_seq_len)
-    if as_json:
-        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
-        raise typer.Exit(1 if report.errors else 0)
+    # Streamed: rows are checked chunk by chunk and findings come back in file/line order from a log that
+    # spills to disk, so a check of any size holds neither all rows nor all findings.
+    report = scan(expand_paths([str(f) for f in files]), format_, _columns(column), task, _tokenizer(model),
+                  max_seq_len)
+    log = report.findings
+    try:
+        if as_json:
+            _print_json_report(report)
+        else:
+            _print_report(report)
+    finally:
+        log.close()
+    raise typer.Exit(1 if log.errors else 0)
+
+
+def _print_json_report(report) -> None:
+    """One JSON object, its findings array written one finding at a time."""
+    import sys
+    from dataclasses import asdict
+
+    head = {"rows": report.rows, "usable": report.usable, "format": report.format, "mapping": report.mapping}
+    out = sys.stdout
+    out.write(json.dumps(head, ensure_ascii=False, indent=2)[:-2] + ',\n  "findings": [')
+    for i, finding in enumerate(report.findings.sorted()):
+        out.write(("," if i else "") + "\n    " + json.dumps(asdict(finding), ensure_ascii=False))
+    out.write("\n  ]\n}\n")
+
+
+def _print_report(report) -> None:
+    from tunesmith.data.check import summarize_counts
+
+    log = report.findings
     console.print(f"read as {report.mapping}")
-    by_code = defaultdict(list)
-    for finding in report.findings:
-        by_code[(finding.severity, finding.code)].append(finding)
-    for (severity, code), findings in sorted(by_code.items(), key=lambda kv: (kv[0][0] != "error", kv[0][1])):
+    shown: dict[tuple[str, str], list] = defaultdict(list)
+    for finding in log.sorted():
+        listed = shown[(finding.severity, finding.code)]
+        if len(listed) < SHOWN_PER_CODE:
+            listed.append(finding)
+    for key in sorted(log.counts, key=lambda k: (k[0] != "error", k[1])):
+        severity, code = key
         style = "red" if severity == "error" else "yellow"
-        console.print(f"\n[{style}]{severity}[/{style}] [bold]{code}[/bold] ({len(findings)})")
-        for finding in findings[:SHOWN_PER_CODE]:
+        console.print(f"\n[{style}]{severity}[/{style}] [bold]{code}[/bold] ({log.counts[key]})")
+        for finding in shown[key]:
             console.print("  " + escape(finding.render()))
-        if len(findings) > SHOWN_PER_CODE:
-            console.print(f"  ... and {len(findings) - SHOWN_PER_CODE} more (--json lists all)")
-    summary = f": {summarize(report.findings)}" if report.findings else ""
-    console.print(f"\n{report.rows} rows, {report.usable} usable, {len(report.errors)} error(s), "
-                  f"{len(report.findings) - len(report.errors)} warning(s){summary}")
-    raise typer.Exit(1 if report.errors else 0)
+        if log.counts[key] > SHOWN_PER_CODE:
+            console.print(f"  ... and {log.counts[key] - SHOWN_PER_CODE} more (--json lists all)")
+    summary = f": {summarize_counts(log.counts)}" if len(log) else ""
+    console.print(f"\n{report.rows} rows, {report.usable} usable, {log.errors} error(s), "
+                  f"{len(log) - log.errors} warning(s){summary}")
 
 
 @data_app.command("clean")

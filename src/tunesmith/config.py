@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.errors import ConfigError
 
@@ -65,6 +65,12 @@ class MethodConfig(_Section):
     # SmolLM2-135M), and Unsloth ships 0 as its default for the same reason.
     lora_dropout: float = 0.0
     target_modules: Literal["auto", "all-linear"] | list[str] = "auto"
+    # rsLoRA scales the adapter by alpha/sqrt(r) instead of alpha/r, so higher ranks keep learning (Kalajdzievski 2023).
+    use_rslora: bool = False
+    # Full-model variants for encoder tasks (method.kind: full): train everything, only the head, or the head
+    # plus the top unfreeze_top_k_layers transformer layers.
+    freeze: Literal["none", "head_only", "top_k"] = "none"
+    unfreeze_top_k_layers: int = 2
 
 
 class TrainConfig(_Section):
@@ -84,6 +90,10 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Pack several examples into each row (each attends only to itself); auto: on CUDA, not on CPU.
     packing: Literal["auto"] | bool = "auto"
+    # classification / multilabel / regression only:
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: weight each class by n / (k * count)
+    head_lr_multiplier: float = 10.0  # the freshly initialized head learns at lr x this (it starts from noise)
+    normalize_targets: bool = True  # regression: train on (y - mean) / std, undone at prediction
 
 
 class EvalConfig(_Section):
@@ -92,6 +102,49 @@ class EvalConfig(_Section):
     max_new_tokens: int = 128
     batch_size: int = 16
     max_examples: int | None = None  # cap on evaluated examples (None: all)
+    # Perplexity on a general-text probe, base vs fine-tuned (eval/forgetting.py); decoder tasks only.
+    forgetting: bool = True
+    forgetting_threshold_pct: float = 10.0  # warn when the fine-tuned perplexity is this much higher
+
+
+class SweepParam(_Section):
+    """One searched key: a range (low/high; log: true for learning rates) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample uniformly in log space: 1e-5..1e-3 gives each decade the same share
+    step: float | None = None  # grid spacing within low..high (not with log)
+    choices: list[int | float | str | bool] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self):
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either a non-empty 'choices' list or 'low' and 'high', not both")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError("give 'low' and 'high' with low < high (or a 'choices' list)")
+        elif self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log: true needs low > 0 and no step")
+        return self
+
+
+class SweepConfig(_Section):
+    """`tunesmith sweep`: what to search and how (see docs/iterate.md)."""
+
+    # Dotted project keys to search, e.g. {train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}}.
+    # Empty: the default space (lr around the task default, method.r, method.lora_alpha, train.epochs).
+    params: dict[str, SweepParam] = {}
+    metric: str = "eval_loss"  # eval_loss (no generation: fast), or an eval metric such as rougeL
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: minimize losses and errors
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "threshold", "none"] = "median"
+    prune_startup_trials: int = 2  # median: trials that run in full before any is pruned
+    prune_threshold: float | None = None  # threshold: stop a trial whose eval loss is above this
+    seed: int | None = None  # sampler seed; None so that workers sharing a study do not draw the same params
+    # A worker that dies mid-trial stops beating; after grace_period_s (None: 2 x the interval) the next
+    # worker marks its trial FAIL instead of leaving it RUNNING forever.
+    heartbeat_interval_s: int = 60
+    grace_period_s: int | None = None
 
 
 class ProjectConfig(_Section):
@@ -102,6 +155,7 @@ class ProjectConfig(_Section):
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    sweep: SweepConfig = SweepConfig()
     output: str | None = None  # the run directory; None: runs/<name>
 
 
@@ -110,16 +164,23 @@ class ProjectConfig(_Section):
 # full fine-tuning of a decoder wants ~10x less than LoRA.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "generation": {"model.base": "smollm2-135m-instruct", "train.epochs": 2, "train.lr": 2.0e-4,
-                   "data.max_seq_len": 1024, "eval.metrics": ["rouge1", "rouge2", "rougeL", "exact_match"]},
+                   "data.max_seq_len": 1024,
+                   "eval.metrics": ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "meteor",
+                                    "exact_match", "perplexity", "token_accuracy"]},
     "classification": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
                        "data.max_seq_len": 512, "eval.metrics": ["accuracy", "precision_macro", "recall_macro",
-                                                                  "f1_macro", "f1_micro"]},
+                                                                  "f1_macro", "f1_micro", "f1_weighted"]},
     "multilabel": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
-                   "data.max_seq_len": 512, "eval.metrics": ["f1_micro", "f1_macro", "accuracy"]},
+                   "data.max_seq_len": 512, "eval.metrics": ["f1_micro", "f1_macro", "subset_accuracy",
+                                                              "hamming_loss"]},
     "regression": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
                    "data.max_seq_len": 512, "eval.metrics": ["mse", "mae", "r2"]},
 }
 FULL_FINETUNE_LR = 2.0e-5
+# Encoder tasks (classification, multilabel, regression): TASK_DEFAULTS' 5e-5 is the full fine-tuning rate of the
+# BERT paper; adapters move a low-rank slice of each weight and need ~10x more to learn as fast (5e-4, checked on
+# the Bitext intents in docs/tasks.md). The head trains at train.head_lr_multiplier x these.
+ENCODER_ADAPTER_LR = 5.0e-4
 PATH_KEYS = ("data.train", "data.eval", "data.test")
 
 
@@ -199,6 +260,22 @@ def _validate(raw: dict, lines: dict[str, int], source: str) -> ProjectConfig:
         got = first.get("input")
         raise ConfigError(f"'{dotted}' has an invalid value {got!r}: {first['msg']}",
                           f"set '{dotted}' to a value of type {_describe_expected(loc)}", where=where) from None
+
+
+def _check_sweep_keys(config: ProjectConfig, lines: dict[str, int], source: str) -> None:
+    """Each searched key must be a project key that --set accepts (the trials apply them through --set)."""
+    for dotted in config.sweep.params:
+        parts = dotted.split(".")
+        section = _section_for(parts[:-1])
+        where = f"{source}:{lines[f'sweep.params.{dotted}']}" if f"sweep.params.{dotted}" in lines else source
+        if parts[0] in ("sweep", "output", "name") or section is None or parts[-1] not in _valid_keys(section) \
+                or _section_for(parts) is not None:
+            valid = [f"{'.'.join(parts[:-1])}.{k}" for k in _valid_keys(section)] if section and len(parts) > 1 \
+                else ["train.lr", "train.epochs", "method.r", "method.lora_alpha", "train.global_batch_size"]
+            close = difflib.get_close_matches(dotted, valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown key 'sweep.params.{dotted}': not a project key a trial can set",
+                              f"{hint}search dotted project keys such as {', '.join(valid)}", where=where)
 
 
 def _set_path(raw: dict, dotted: str, value: Any) -> None:
@@ -296,7 +373,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     full_decoder = (raw.get("method") or {}).get("kind") == "full" and raw.get("task", "generation") == "generation"
     if full_decoder and not explicit_lr:
         raw["train"]["lr"] = FULL_FINETUNE_LR
+    encoder_adapters = raw.get("task", "generation") != "generation" and \
+        (raw.get("method") or {}).get("kind", "lora") in ("lora", "dora", "qlora")
+    if encoder_adapters and not explicit_lr:
+        raw["train"]["lr"] = ENCODER_ADAPTER_LR
     config = _validate(raw, lines, source)
+    _check_sweep_keys(config, lines, source)
     if config.output is None:
         config.output = str(Path("runs") / config.name)
     return config

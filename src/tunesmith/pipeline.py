@@ -86,7 +86,13 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
 
     stats: dict = {"format": fmt, "max_seq_len": max_len, "eval_source": eval_source, "test_source": test_source}
     data_dir = run_dir / "data"
-    for role, examples in (("train", train), ("eval", held)):
+    if config.task != "generation":  # text + label(s) / target: encoded for a sequence-classification head
+        from tunesmith.data.encode import encode_splits
+
+        stats.update(encode_splits(config.task, tokenizer, train, held, test, max_len, run_dir,
+                                   config.train.normalize_targets))
+    generation_splits = (("train", train), ("eval", held)) if config.task == "generation" else ()
+    for role, examples in generation_splits:
         rows, truncated = [], 0
         for example in examples:
             tokens = tokenize_example(tokenizer, with_system_prompt(example.messages, config.data.system_prompt),
@@ -162,12 +168,16 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"nothing to resume in '{run_dir}'", "drop --resume to start a new run")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # `tunesmith sweep` keeps its study and trials in <output>/sweep/: they are not this run, so they neither
+    # block it nor go with --force (hours of trials must not vanish with a rerun of the plain project).
+    own = [p for p in run_dir.iterdir() if p.name != "sweep"] if run_dir.exists() else []
+    if own:
         if not force:
             raise RunDirError(f"run directory '{run_dir}' already holds a run",
                               "pass --force to replace it, --resume to continue it, or set another output "
                               "(--set output=runs/NEW)")
-        shutil.rmtree(run_dir)
+        for path in own:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -178,9 +188,8 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     from tunesmith.plan import enforce_plan
     from tunesmith.train.loop import fit
 
-    if config.task != "generation":
-        raise ConfigError(f"task '{config.task}' is not trainable in this version (generation only so far)",
-                          "set task: generation")
+    if config.task != "generation":  # classification, multilabel, regression: their own loop
+        from tunesmith.train.classify import fit_task as fit
     run_dir = Path(config.output)
     started = time.time()
     resolved: ResolvedModel = resolve(config.model.base)
@@ -188,7 +197,8 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     _claim_run_dir(run_dir, resume, force)
     write_text_atomic(run_dir / "config.yaml", dump_config(config))
     tokenizer = load_tokenizer(resolved.path)
-    ensure_chat_template(tokenizer)
+    if config.task == "generation":
+        ensure_chat_template(tokenizer)
     stats = prepare_data(config, run_dir, tokenizer, resolved.path)
     summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume, on_eval=on_eval)
     card = {"name": config.name, "task": config.task, "model": {"base": config.model.base, "path": resolved.path,

@@ -8,9 +8,15 @@ size) is a warning: the rows are usable, but the user should look.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from tunesmith.data.formats import Example, Finding, Mapping, read_examples
+import numpy as np
+
+from tunesmith.data.findings import FindingLog
+from tunesmith.data.formats import GENERATION_FORMATS, Example, FileScan, Finding, Mapping, iter_file
+from tunesmith.data.rowindex import RowIndex
 from tunesmith.errors import DataError
 
 MAX_LISTED = 20  # findings quoted in an error message; the full list is one `data check` away
@@ -18,6 +24,7 @@ MIN_GOOD_EXAMPLES = 500  # the usual guidance for a basic task; several thousand
 MIN_PER_LABEL = 10  # fewer examples than this per class rarely teach the class
 IMBALANCE_RATIO = 20  # largest class / smallest class above this is flagged
 HELD_OUT_WORDS = ("test", "eval", "valid", "dev", "holdout")
+CHUNK_ROWS = 2048  # rows checked at once: big enough for the tokenizer's batch mode, small enough to stream
 
 QUALITY_FIXES = {
     "duplicate": "remove the copies (`tunesmith data clean` keeps the first)",
@@ -78,40 +85,6 @@ def content_findings(examples: list[Example]) -> list[Finding]:
     return findings
 
 
-def duplicate_findings(examples: list[Example]) -> list[Finding]:
-    """Exact and near duplicates of whole rows, and contradictions: one prompt, different answers or labels."""
-    from tunesmith.data.dedup import exact_groups, near_duplicate_groups, normalize_for_match
-
-    if len(examples) < 2:
-        return []
-    findings = []
-    whole = [e.input_text + "\n" + e.output_text for e in examples]
-    exact_of: dict[int, int] = {}
-    for group in exact_groups(whole):
-        for i in group[1:]:
-            exact_of[i] = group[0]
-            findings.append(_warn(examples[i], "", "duplicate", f"same row as {_where(examples[group[0]])}",
-                                  [examples[group[0]].line]))
-    for group in near_duplicate_groups(whole):
-        for i in group[1:]:
-            if exact_of.get(i) is None:
-                findings.append(_warn(examples[i], "", "near_duplicate",
-                                      f"nearly the same row as {_where(examples[group[0]])}", [examples[group[0]].line]))
-    by_prompt: dict[str, list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        by_prompt[normalize_for_match(example.input_text)].append(i)
-    for members in by_prompt.values():
-        first = members[0]
-        answer = normalize_for_match(examples[first].output_text)
-        for i in members[1:]:
-            if normalize_for_match(examples[i].output_text) != answer:
-                what = "label" if examples[i].messages is None else "answer"
-                findings.append(_warn(examples[i], "", "contradiction",
-                                      f"same prompt as {_where(examples[first])} with a different {what}",
-                                      [examples[first].line]))
-    return findings
-
-
 def is_held_out(path: str) -> bool:
     from pathlib import Path
 
@@ -154,34 +127,153 @@ def token_lengths(tokenizer, texts: list[str], batch_size: int = 1024) -> list[i
     return lengths
 
 
-def label_findings(examples: list[Example]) -> list[Finding]:
-    counts: Counter[str] = Counter()
-    first_seen: dict[str, Example] = {}
-    for example in examples:
+class LabelTally:
+    """Label counts and where each label is first seen, fed row by row."""
+
+    def __init__(self):
+        self.counts: Counter[str] = Counter()
+        self.first_seen: dict[str, tuple[str, int]] = {}
+
+    def add(self, example: Example) -> None:
         for label in example.labels if example.labels is not None else [example.label]:
             if label is not None:
-                counts[label] += 1
-                first_seen.setdefault(label, example)
-    if not counts:
-        return []
-    findings = []
-    variants: dict[str, list[str]] = defaultdict(list)
-    for label in counts:
-        variants["".join(label.split()).casefold()].append(label)
-    for spellings in variants.values():
-        if len(spellings) > 1:
-            shown = ", ".join(f"'{s}' ({counts[s]})" for s in spellings)
-            findings.append(_warn(first_seen[spellings[1]], "label", "label_variants",
-                                  f"one label spelled {len(spellings)} ways: {shown}"))
-    for label, n in counts.items():
-        if n < MIN_PER_LABEL:
-            findings.append(_warn(first_seen[label], "label", "few_examples_for_label",
-                                  f"label '{label}' has only {n} example(s) (fewer than {MIN_PER_LABEL})"))
-    (top, top_n), (low, low_n) = counts.most_common(1)[0], counts.most_common()[-1]
-    if low_n and top_n / low_n > IMBALANCE_RATIO:
-        findings.append(_warn(first_seen[low], "label", "label_imbalance",
-                              f"label '{top}' has {top_n} examples, '{low}' only {low_n} ({top_n / low_n:.0f}:1)"))
-    return findings
+                self.counts[label] += 1
+                self.first_seen.setdefault(label, (example.file, example.line))
+
+    def findings(self) -> list[Finding]:
+        counts = self.counts
+        if not counts:
+            return []
+
+        def warn(label: str, code: str, message: str) -> Finding:
+            file, line = self.first_seen[label]
+            return Finding(file, line, "label", code, "warning", message, QUALITY_FIXES[code], [])
+
+        findings = []
+        variants: dict[str, list[str]] = defaultdict(list)
+        for label in counts:
+            variants["".join(label.split()).casefold()].append(label)
+        for spellings in variants.values():
+            if len(spellings) > 1:
+                shown = ", ".join(f"'{s}' ({counts[s]})" for s in spellings)
+                findings.append(warn(spellings[1], "label_variants", f"one label spelled {len(spellings)} ways: {shown}"))
+        for label, n in counts.items():
+            if n < MIN_PER_LABEL:
+                findings.append(warn(label, "few_examples_for_label",
+                                     f"label '{label}' has only {n} example(s) (fewer than {MIN_PER_LABEL})"))
+        (top, top_n), (low, low_n) = counts.most_common(1)[0], counts.most_common()[-1]
+        if low_n and top_n / low_n > IMBALANCE_RATIO:
+            findings.append(warn(low, "label_imbalance",
+                                 f"label '{top}' has {top_n} examples, '{low}' only {low_n} ({top_n / low_n:.0f}:1)"))
+        return findings
+
+
+def label_findings(examples: list[Example]) -> list[Finding]:
+    tally = LabelTally()
+    for example in examples:
+        tally.add(example)
+    return tally.findings()
+
+
+@dataclass
+class Scan:
+    """A streamed check: counts, the findings (in file/line order via `findings.sorted()`), and the examples
+    only when asked for (the pipeline needs them; `data check` on a large file does not)."""
+
+    rows: int
+    usable: int
+    format: str | None
+    mapping: str | None
+    findings: FindingLog
+    examples: list[Example] | None
+
+
+def scan(paths: list[Path], fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation",
+         tokenizer=None, max_seq_len: int | None = None, quality: bool = True, keep_examples: bool = False,
+         folder: str | None = None) -> Scan:
+    """Read and check files in one streaming pass: rows are checked in chunks of CHUNK_ROWS and only compact
+    per-row keys (data/rowindex.py) stay for the checks across rows, which run at the end."""
+    log = FindingLog(folder)
+    held_files = any(is_held_out(str(p)) for p in paths)
+    index = RowIndex(near=True, prompts=held_files, folder=folder) if quality else None
+    train_labels, all_labels = LabelTally(), LabelTally()
+    examples: list[Example] | None = [] if keep_examples else None
+    chunk: list[Example] = []
+    rows = usable = 0
+    mapping: Mapping | None = None
+
+    def flush() -> None:
+        if quality and chunk:
+            log.extend(content_findings(chunk))
+            if tokenizer is not None and max_seq_len:
+                log.extend(length_findings(chunk, tokenizer, max_seq_len))
+            index.add(chunk, [is_held_out(e.file) for e in chunk])
+        chunk.clear()
+
+    try:
+        for path in paths:
+            file_scan = FileScan(str(path))
+            held = is_held_out(str(path))
+            for item in iter_file(path, fmt, columns, task, file_scan):
+                if isinstance(item, Example):
+                    usable += 1
+                    chunk.append(item)
+                    all_labels.add(item)
+                    if not held:
+                        train_labels.add(item)
+                    if examples is not None:
+                        examples.append(item)
+                    if len(chunk) >= CHUNK_ROWS:
+                        flush()
+                else:
+                    log.add(item[0])
+            flush()
+            rows += file_scan.rows
+            mapping = mapping or file_scan.mapping
+        if quality and usable:
+            generation = mapping is not None and mapping.format in GENERATION_FORMATS
+            log.extend(_cross_row_findings(index.finish(), generation))
+            log.extend((train_labels if train_labels.counts else all_labels).findings())
+    except BaseException:
+        log.close()
+        raise
+    finally:
+        if index is not None:
+            index.close()  # its temporary signature files
+    return Scan(rows, usable, mapping.format if mapping else None, mapping.describe() if mapping else None,
+                log, examples)
+
+
+def _cross_row_findings(index: RowIndex, generation: bool) -> Iterator[Finding]:
+    """Duplicates and contradictions inside train (and inside the held-out files), leakage across them, and
+    the size check: all from the compact index."""
+    def warn(row: int, code: str, message: str, related: int) -> Finding:
+        return Finding(index.files[index.file[row]], int(index.line[row]), "", code, "warning", message,
+                       QUALITY_FIXES[code], [int(index.line[related])])
+
+    held, train = np.flatnonzero(index.held), np.flatnonzero(~index.held)
+    # Copies inside train (or inside the held-out files) are duplicates; copies across them are leakage.
+    for subset in (train, held):
+        if len(subset) < 2:
+            continue
+        exact = index.exact_first(subset)
+        near = index.near_first(subset)
+        for row, first in zip(subset.tolist(), exact.tolist()):
+            if first != row:
+                yield warn(row, "duplicate", f"same row as {index.where(first)}", first)
+        for row, first, original in zip(subset.tolist(), near.tolist(), exact.tolist()):
+            if first != row and original == row:
+                yield warn(row, "near_duplicate", f"nearly the same row as {index.where(first)}", first)
+        what = "answer" if generation else "label"
+        for row, first in zip(*(a.tolist() for a in index.contradictions(subset))):
+            yield warn(row, "contradiction", f"same prompt as {index.where(first)} with a different {what}", first)
+    for row, ref, similarity in zip(*(a.tolist() for a in index.leaks(held, train))):
+        kind = "the same prompt as" if similarity >= 1.0 else f"a near copy ({similarity:.0%}) of"
+        yield warn(row, "leakage", f"{kind} train row {index.where(ref)}", ref)
+    if len(train) and len(train) < MIN_GOOD_EXAMPLES:  # held-out files are small on purpose
+        yield Finding(index.files[index.file[train[0]]], int(index.line[train[0]]), "", "too_few_examples",
+                      "warning", f"{len(train)} usable training rows; the guidance is at least "
+                      f"{MIN_GOOD_EXAMPLES} good examples for a basic task", QUALITY_FIXES["too_few_examples"], [])
 
 
 def check(spec: str | list[str], fmt: str = "auto", columns: dict[str, str] | None = None,
@@ -190,31 +282,25 @@ def check(spec: str | list[str], fmt: str = "auto", columns: dict[str, str] | No
     """Read and check files. Files whose names say test/eval/valid/dev are checked for leakage from the rest."""
     from tunesmith.data.formats import expand_paths
 
-    paths = expand_paths(spec)
-    examples, findings, mapping, rows = read_examples([str(p) for p in paths], fmt, columns, task)
-    report = CheckReport(rows=rows, usable=len(examples), format=mapping.format if mapping else None,
-                         mapping=mapping.describe() if mapping else None, findings=findings, examples=examples)
-    if quality and examples:
-        held = [e for e in examples if is_held_out(e.file)]
-        train = [e for e in examples if not is_held_out(e.file)]
-        report.findings += content_findings(examples)
-        # Copies inside train (or inside the held-out files) are duplicates; copies across them are leakage.
-        report.findings += duplicate_findings(train) + duplicate_findings(held)
-        report.findings += leakage_findings(train, held)
-        report.findings += label_findings(train or examples)
-        if tokenizer is not None and max_seq_len:
-            report.findings += length_findings(examples, tokenizer, max_seq_len)
-        if train and len(train) < MIN_GOOD_EXAMPLES:  # held-out files are small on purpose
-            report.findings.append(_warn(train[0], "", "too_few_examples",
-                                         f"{len(train)} usable training rows; the guidance is at least "
-                                         f"{MIN_GOOD_EXAMPLES} good examples for a basic task"))
-    report.findings.sort(key=lambda f: (f.file, f.line, f.severity != "error"))
-    return report
+    result = scan(expand_paths(spec), fmt, columns, task, tokenizer, max_seq_len, quality, keep_examples=True)
+    try:
+        findings = list(result.findings.sorted())
+    finally:
+        result.findings.close()
+    return CheckReport(rows=result.rows, usable=result.usable, format=result.format, mapping=result.mapping,
+                       findings=findings, examples=result.examples)
 
 
 def summarize(findings: list[Finding]) -> str:
-    counts = Counter(f.code for f in findings)
-    return ", ".join(f"{n} {code}" for code, n in counts.most_common())
+    return summarize_counts(Counter((f.severity, f.code) for f in findings))
+
+
+def summarize_counts(counts: Counter) -> str:
+    """'3 duplicate, 1 invalid_json' from {(severity, code): n}, most frequent first."""
+    by_code: Counter[str] = Counter()
+    for (_, code), n in counts.items():
+        by_code[code] += n
+    return ", ".join(f"{n} {code}" for code, n in by_code.most_common())
 
 
 def require_usable(report: CheckReport, role: str) -> list[Example]:

@@ -209,7 +209,7 @@ def _shingle_hashes(keys: list[str], cache: dict[str, int]) -> tuple[np.ndarray,
     return _mix64(gram[valid]) >> _U32, counts
 
 
-def _signatures(keys: list[str], num_perm: int, seed: int) -> np.ndarray:
+def _signatures(keys: list[str], num_perm: int, seed: int, cache: dict[str, int] | None = None) -> np.ndarray:
     """MinHash signature per non-empty key, (len(keys), num_perm) uint32.
 
     Permutation i is h_i(x) = ((a_i·x + b_i) mod 2^64) >> 32 over 32-bit shingle hashes x, with random
@@ -218,7 +218,7 @@ def _signatures(keys: list[str], num_perm: int, seed: int) -> np.ndarray:
     monotone, so it is applied after the minimum: three numpy passes per chunk (multiply, add, min by key)."""
     a, b = _permutations(num_perm, seed)
     sig = np.empty((len(keys), num_perm), dtype=np.uint32)
-    cache: dict[str, int] = {}
+    cache = {} if cache is None else cache
     per_chunk = max(1, _CHUNK_PRODUCTS // (num_perm * 170))  # ~170 words is a 1 KB row
     for lo in range(0, len(keys), per_chunk):
         x, counts = _shingle_hashes(keys[lo:lo + per_chunk], cache)

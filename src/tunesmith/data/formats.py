@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith.data.readers import SUFFIXES, read_rows
@@ -312,51 +313,77 @@ def to_example(row: dict, mapping: Mapping, file: str, line: int,
     return Example(messages, file, line, meta, text, label, labels, target)
 
 
-def read_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation"
-              ) -> tuple[list[Example], list[Finding], Mapping | None, int]:
-    """Read one file. Returns (examples, findings, the mapping understood, number of rows)."""
-    name = str(path)
-    read, rows = read_rows(path)
-    examples: list[Example] = []
-    findings: list[Finding] = []
-    mapping: Mapping | None = None
-    count = 0
+@dataclass
+class FileScan:
+    """What `iter_file` learned about a file, filled in as it streams: the mapping understood, the rows read."""
 
-    def add(line: int, field_name: str, code: str, message: str, severity: str = "error") -> None:
-        findings.append(Finding(name, line, field_name, code, severity, message, FIXES[code]))
+    path: str
+    mapping: Mapping | None = None
+    rows: int = 0
+
+
+def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation",
+              scan: FileScan | None = None) -> Iterator[Example | tuple[Finding, dict | None]]:
+    """Stream one file: each usable row as an Example, each problem as (Finding, the raw row or None), in file
+    order (file-level notes such as a BOM come last). Nothing is held but the current row."""
+    name = str(path)
+    scan = scan if scan is not None else FileScan(name)
+    read, rows = read_rows(path)
+
+    def finding(line: int, field_name: str, code: str, message: str, severity: str = "error") -> Finding:
+        return Finding(name, line, field_name, code, severity, message, FIXES[code])
 
     for raw in rows:
-        count += 1
+        scan.rows += 1
         if raw.data is None:
-            add(raw.line, "", *raw.error)
+            yield finding(raw.line, "", *raw.error), None
             continue
+        mapping = scan.mapping
         row_mapping = mapping if mapping and mapping in candidates(raw.data, columns, task) else \
             detect(raw.data, columns, task, fmt)
         missing = [c for c in mapping.columns.values() if c not in raw.data] if mapping else []
         if mapping and missing and len(missing) < len(mapping.columns):
-            add(raw.line, missing[0], "missing_field", f"'{missing[0]}' is missing (the file is {mapping.format})")
+            yield finding(raw.line, missing[0], "missing_field",
+                          f"'{missing[0]}' is missing (the file is {mapping.format})"), raw.data
             continue
         if row_mapping is None:
             wanted = "a known format" if fmt == "auto" else f"the {fmt} format"
-            add(raw.line, "", "unknown_format", f"the keys {sorted(raw.data)} do not hold {wanted}")
+            yield finding(raw.line, "", "unknown_format", f"the keys {sorted(raw.data)} do not hold {wanted}"), \
+                raw.data
             continue
         if mapping is None:
-            mapping = row_mapping
+            scan.mapping = mapping = row_mapping
         elif row_mapping.format != mapping.format:
-            add(raw.line, "", "format_mismatch", f"this row is {row_mapping.format} but the file is {mapping.format}")
+            yield finding(raw.line, "", "format_mismatch",
+                          f"this row is {row_mapping.format} but the file is {mapping.format}"), raw.data
             continue
         warnings: list[tuple[str, str, str]] = []
         try:
-            examples.append(to_example(raw.data, mapping, name, raw.line, warnings))
+            example = to_example(raw.data, mapping, name, raw.line, warnings)
         except RowProblem as problem:
-            add(raw.line, problem.field_name, problem.code, problem.message)
+            yield finding(raw.line, problem.field_name, problem.code, problem.message), raw.data
+            continue
         for field_name, code, message in warnings:
-            add(raw.line, field_name, code, message, "warning")
+            yield finding(raw.line, field_name, code, message, "warning"), None
+        yield example
     for note in read.notes:
-        add(note.line, "", note.code, note.message, note.severity)
-    if count == 0 and not any(n.code == "header_only" for n in read.notes):
-        add(1, "", "empty_file", "the file holds no rows")
-    return examples, findings, mapping, count
+        yield finding(note.line, "", note.code, note.message, note.severity), None
+    if scan.rows == 0 and not any(n.code == "header_only" for n in read.notes):
+        yield finding(1, "", "empty_file", "the file holds no rows"), None
+
+
+def read_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation"
+              ) -> tuple[list[Example], list[Finding], Mapping | None, int]:
+    """Read one file. Returns (examples, findings, the mapping understood, number of rows)."""
+    scan = FileScan(str(path))
+    examples: list[Example] = []
+    findings: list[Finding] = []
+    for item in iter_file(path, fmt, columns, task, scan):
+        if isinstance(item, Example):
+            examples.append(item)
+        else:
+            findings.append(item[0])
+    return examples, findings, scan.mapping, scan.rows
 
 
 def read_examples(spec: str | list[str], fmt: str = "auto", columns: dict[str, str] | None = None,

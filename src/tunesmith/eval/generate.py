@@ -1,4 +1,7 @@
-"""Batched greedy generation with the KV cache; prompts are sorted by length so batches pad little."""
+"""Batched greedy generation with the KV cache; prompts are sorted by length so batches pad little.
+
+Only token ids come back from generate(): output_scores/output_logits stay off, so no [steps x batch x vocab]
+score tensors pile up (49,152 columns per step for SmolLM2)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             batch = tokenizer([prompts[i] for i in ids], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                       output_scores=False, output_logits=False, return_dict_in_generate=False,
                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             new_tokens = generated[:, batch["input_ids"].shape[1]:]
             for i, row in zip(ids, new_tokens):

@@ -22,6 +22,7 @@ from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
 from tunesmith.errors import ConfigError, RunDirError
 from tunesmith.models.adapters import apply_method, count_parameters
 from tunesmith.models.load import load_causal_lm
+from tunesmith.train.loss import linear_cross_entropy_sum
 from tunesmith.train.precision import Compute, resolve_compute
 from tunesmith.train.checkpoint import (latest_checkpoint, load_training_state, load_weights, restore_rng,
                                         save_checkpoint, save_weights)
@@ -52,8 +53,12 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     # from restarting position ids only when no KV cache is in play.
     hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                       position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
-    logits = head(hidden[:, :-1][keep]).float()  # cross-entropy in fp32 even when the model computes in bf16
-    return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+    selected = hidden[:, :-1][keep]
+    if type(head) is torch.nn.Linear and head.bias is None:
+        # Chunked through the head (train/loss.py): the [labelled tokens x vocab] logits never exist at once.
+        return linear_cross_entropy_sum(selected, head.weight, labels[keep]), int(keep.sum())
+    # A head that adapters wrap (target_modules naming lm_head) runs as a module, logits and all.
+    return F.cross_entropy(head(selected).float(), labels[keep], reduction="sum"), int(keep.sum())
 
 
 def read_tokenized(path: Path) -> list[Tokenized]:

@@ -1,0 +1,57 @@
+"""Cross-entropy through the LM head, chunk by chunk, without ever holding the [tokens × vocab] logits.
+
+SmolLM2's vocabulary has 49,152 entries: 2,048 labelled tokens × 49,152 × 4 bytes = 403 MB of fp32 logits,
+and autograd keeps them (and their gradient, as much again) until the backward pass. Here each chunk of
+tokens computes its logits, its loss and — in the same pass — the gradients of that loss with respect to the
+hidden states (and the head's weight when it trains), then frees the logits. The backward pass only scales
+those stored gradients, so the FLOPs are the same as the plain version (one forward GEMM, two gradient GEMMs
+per chunk) and the peak is one chunk of logits (CHUNK_ELEMENTS × 4 bytes = 128 MB, twice with softmax).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 2**25  # logits per chunk: 32M fp32 values = 128 MB; 682 tokens of SmolLM2's vocabulary
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int):
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for lo in range(0, hidden.shape[0], chunk):
+            h, y = hidden[lo:lo + chunk], labels[lo:lo + chunk]
+            logits = (h @ weight.to(h.dtype).T).float()  # the loss in fp32 even when the model runs in bf16
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if want_hidden or want_weight:
+                # d(sum CE)/d logits = softmax - one_hot(label), computed in place over the logits buffer.
+                grad = logits.sub_(lse[:, None]).exp_()
+                grad[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad = grad.to(h.dtype)
+                if want_hidden:
+                    grad_hidden[lo:lo + chunk] = grad @ weight.to(h.dtype)
+                if want_weight:
+                    grad_weight += (grad.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype),
+                None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype), None, None)
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                             chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """sum over rows of cross_entropy(hidden @ weight.T, labels), hidden [n, d], weight [vocab, d], labels [n]
+    (all valid: select labelled positions before calling). Equals F.cross_entropy(..., reduction="sum")."""
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph connected, value 0
+    chunk = max(1, chunk_elements // weight.shape[0])
+    return _LinearCrossEntropy.apply(hidden, weight, labels, chunk)
