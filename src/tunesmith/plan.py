@@ -24,7 +24,7 @@ from tunesmith.config import ProjectConfig
 from tunesmith.errors import ConfigError
 from tunesmith.plan_device import Device, parse_device, sustained_flops
 from tunesmith.plan_model import (ModelShape, classifier_params, decoder_saved_outside_layers,
-                                  decoder_saved_per_token, encoder_saved_per_token, read_shape)
+                                  decoder_saved_per_token, encoder_saved_per_token, head_chunk_bytes, read_shape)
 
 MB = 2**20
 # RSS of a `tunesmith train` process just before it loads the model: Python + torch + transformers + peft +
@@ -196,14 +196,14 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     lm_head = num_labels == 0
     params = shape.params(num_labels)
     targets = None if config.method.target_modules in ("auto", "all-linear") else list(config.method.target_modules)
-    head = classifier_params(shape, num_labels) if num_labels else 0
-    lora = shape.lora_params(config.method.r, targets) + head  # PEFT also trains a classifier head in full
+    classifier = classifier_params(shape, num_labels) if num_labels else 0
+    lora = shape.lora_params(config.method.r, targets) + classifier  # PEFT also trains a classifier head in full
 
     # Weights. full: fp32 master weights, plus the bf16 copies autocast caches from forward until backward ends.
     if method == "full":
         trainable = params
-        # (the LM head's matmul casts its weight too, tied to the embedding or not)
-        weights = params * weight_bytes + (shape.linear_params + shape.vocab * shape.hidden * lm_head) * 2 * autocast
+        # (the chunked LM head casts its weight per chunk, outside autocast's cache: no lasting copy)
+        weights = params * weight_bytes + shape.linear_params * 2 * autocast
     elif method == "qlora":
         trainable = lora
         weights = shape.linear_params * NF4_BYTES + (params - shape.linear_params) * 2 + lora * 4
@@ -220,14 +220,14 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     per_token = saver(shape, "full" if method == "full" else "lora", c, autocast, config.method.r, targets, width,
                       eager)
     saved = shape.layers * per_token * rows * width
-    if lm_head:  # final norm, and the LM head on labelled positions only (its fp32 log-softmax)
-        saved += decoder_saved_outside_layers(shape, "full" if method == "full" else "lora", c, rows * width,
+    residual = 4 if autocast else weight_bytes  # the residual stream's dtype: fp32 under autocast
+    head = 0.0
+    if lm_head:  # final norm, and the chunked LM head on labelled positions only (train/loss.py)
+        saved += decoder_saved_outside_layers(shape, "full" if method == "full" else "lora", residual, rows * width,
                                               labelled)
-    # Backward of the LM head briefly adds, while every activation is still held, the gradients of the
-    # log-probabilities and of the fp32 logits and their cast to the compute dtype: (4 + 4 + c) bytes per logit.
-    head_backward = 0 if not lm_head else labelled * shape.vocab * (8 + c)
+        head = head_chunk_bytes(shape, "full" if method == "full" else "lora", residual, labelled)
     factor = CPU_ALLOCATOR_FACTOR if device.kind == "cpu" else CUDA_ALLOCATOR_FACTOR
-    activations = saved * factor + head_backward
+    activations = saved * factor + head
 
     file_bytes = _file_bytes(model_dir, params)
     if device.kind == "cpu":

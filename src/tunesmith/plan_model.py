@@ -215,16 +215,31 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     return norms + inputs + lora_mid + attention + mlp
 
 
-def decoder_saved_outside_layers(shape: ModelShape, method: str, compute_bytes: int, tokens: int,
+# train/loss.py runs the LM head chunk by chunk: logits for at most 2**25 values at a time (682 tokens of
+# SmolLM2's 49,152-entry vocabulary), with the gradients computed in the same pass.
+HEAD_CHUNK_ELEMENTS = 2**25
+
+
+def decoder_saved_outside_layers(shape: ModelShape, method: str, residual_bytes: int, tokens: int,
                                  labelled: int) -> float:
-    """The final norm (like a layer's norms), the LM head's input on labelled positions when the head is trained,
-    and the fp32 log-softmax the cross-entropy keeps: labelled x vocab x 4 bytes. With a frozen embedding (LoRA)
+    """The final norm (as a layer's norms), and what the chunked LM head (train/loss.py) keeps for backward: the
+    gradient of the loss with respect to the labelled hidden states, in the residual stream's dtype (fp32 under
+    autocast), and with full fine-tuning the fp32 gradient of the head's weight. With a frozen embedding (LoRA)
     the first layer's first norm reads a tensor that needs no gradient and saves nothing, which the final norm
-    makes up for: no term."""
+    makes up for: no norm term."""
     h = shape.hidden
-    norm = (8 * h + 4) if method == "full" else 0
-    head_input = labelled * h * compute_bytes if method == "full" else 0
-    return tokens * norm + head_input + labelled * shape.vocab * 4
+    norm = tokens * (8 * h + 4) if method == "full" else 0
+    head_weight_grad = shape.vocab * h * 4 if method == "full" else 0
+    return norm + labelled * h * residual_bytes + head_weight_grad
+
+
+def head_chunk_bytes(shape: ModelShape, method: str, residual_bytes: int, labelled: int) -> float:
+    """The chunked head's transient while every activation is still held: at the end of forward, one chunk of
+    fp32 logits (reused in place for the softmax gradient) plus that gradient cast to the hidden dtype; at the
+    start of backward with full fine-tuning, the scaled fp32 copy of the head weight's gradient."""
+    rows = min(labelled, max(1, HEAD_CHUNK_ELEMENTS // shape.vocab))
+    chunk = rows * shape.vocab * (4 + (residual_bytes if residual_bytes != 4 else 0))
+    return max(chunk, shape.vocab * shape.hidden * 4 if method == "full" else 0)
 
 
 def encoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, autocast: bool, lora_r: int,
