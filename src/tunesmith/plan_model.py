@@ -196,7 +196,7 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     adapted projection's input to the fp32 adapter dtype and saves that copy; frozen base projections save
     nothing (their weight gradient is never computed). SmolLM2, LoRA on bf16, s=120: 44,184 bytes (itemized in
     docs/plan.md); saved_tensors_hooks on a real 8 x 120 batch counted 47,462 per token and layer, of which
-    3,277 are the LM head's log-softmax: 44,185.
+    3,277 were the (then unchunked) LM head's log-softmax: 44,185.
     """
     h, i, c = shape.hidden, shape.intermediate, compute_bytes
     # gated MLP: gate output (SiLU input), SiLU output and up output; GPT-2: fc output and gelu output
