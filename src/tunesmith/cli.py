@@ -26,6 +26,8 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing 
 PickleOption = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle-based .bin/.pt base weights "
                                                                   "(they can run code; only for weights you "
                                                                   "trust). Same as model.allow_pickle: true.")]
+IgnorePlanOption = Annotated[bool, typer.Option("--ignore-plan", help="Train even when `tunesmith plan` predicts "
+                                                                      "the run will not fit in memory.")]
 
 
 def _config(project: Path, overrides: list[str] | None, allow_pickle: bool = False):
@@ -61,12 +63,12 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command()
 def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False,
-        allow_pickle: PickleOption = False):
+        allow_pickle: PickleOption = False, ignore_plan: IgnorePlanOption = False):
     """Run the whole pipeline: check and split the data, train, evaluate base vs fine-tuned, write the report."""
     from tunesmith.pipeline import read_run_card, run_project
 
     config = _config(project, set_, allow_pickle)
-    metrics = run_project(config, resume=resume, force=force)
+    metrics = run_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     if metrics is None:
         card = read_run_card(Path(config.output))
         _interrupted(card, project)
@@ -79,13 +81,13 @@ def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fals
 
 @app.command()
 def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = False, force: ForceOption = False,
-          allow_pickle: PickleOption = False):
+          allow_pickle: PickleOption = False, ignore_plan: IgnorePlanOption = False):
     """Check and split the data, then fine-tune; writes data/, metrics.jsonl, checkpoints/ and adapter/.
     SIGINT/SIGTERM finish the current step and write a checkpoint; --resume continues from it."""
     from tunesmith.pipeline import train_project
 
     config = _config(project, set_, allow_pickle)
-    card = train_project(config, resume=resume, force=force)
+    card = train_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     if _interrupted(card, project):
         return
     # full fine-tuning of a classification/regression model writes model/, every other run adapter/
@@ -116,6 +118,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with ev
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
 
 app.add_typer(data_app, name="data")
+from tunesmith.cli_plan import plan  # noqa: E402
+
+app.command()(plan)
+
 from tunesmith.cli_serve import register as register_serving  # noqa: E402  (serve, predict, chat)
 
 register_serving(app)
@@ -129,7 +135,7 @@ app.add_typer(runs_app, name="runs")
 
 def main() -> None:
     try:
-        if len(sys.argv) > 1 and sys.argv[1] in ("run", "train", "eval"):
+        if len(sys.argv) > 1 and sys.argv[1] in ("run", "train", "eval", "plan"):
             from tunesmith.console import quiet_libraries
 
             quiet_libraries()

@@ -225,8 +225,10 @@ def _claim_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def train_project(config: ProjectConfig, resume: bool = False, force: bool = False,
-                  on_eval: Callable[[int, float], bool] | None = None) -> dict:
-    """`tunesmith train`: prepare the data and fit; returns the run card. on_eval: see train.loop.fit."""
+                  on_eval: Callable[[int, float], bool] | None = None, ignore_plan: bool = False) -> dict:
+    """`tunesmith train`: prepare the data and fit; returns the run card. on_eval: see train.loop.fit.
+    Refuses a configuration `tunesmith plan` predicts will not fit in memory, unless ignore_plan."""
+    from tunesmith.plan import enforce_plan
     from tunesmith.train.loop import fit
 
     if config.task != "generation":  # classification, multilabel, regression: their own loop
@@ -234,6 +236,7 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     run_dir = Path(config.output)
     started = time.time()
     resolved: ResolvedModel = resolve(config.model.base)
+    enforce_plan(config, resolved.path, ignore=ignore_plan)  # before the run directory or any weight is touched
     check_weight_files(resolved.path, config.model.allow_pickle)  # before anything is written
     warn_remote_code(resolved.path, config.model.trust_remote_code)
     _claim_run_dir(run_dir, resume, force)
@@ -258,13 +261,14 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     return card
 
 
-def run_project(config: ProjectConfig, resume: bool = False, force: bool = False) -> dict | None:
+def run_project(config: ProjectConfig, resume: bool = False, force: bool = False,
+                ignore_plan: bool = False) -> dict | None:
     """`tunesmith run`: train, evaluate base vs fine-tuned, write the report. Returns eval/metrics.json."""
     from tunesmith.eval.evaluate import evaluate
     from tunesmith.report import write_report
 
     started = time.time()
-    card = train_project(config, resume=resume, force=force)
+    card = train_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     if card["train"].get("interrupted"):
         return None  # stopped by a signal: evaluation waits for `--resume`
     run_dir = Path(config.output)
