@@ -82,8 +82,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with ev
 
 
 from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
+from tunesmith.cli_export import export_command  # noqa: E402
 
 app.add_typer(data_app, name="data")
+app.command("export")(export_command)
 
 
 def main() -> None:

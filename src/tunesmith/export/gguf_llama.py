@@ -170,8 +170,13 @@ def write_gguf(model, path: Path, gguf_type: str, name: str, vocab: dict) -> Non
 
 def load_gguf(folder: Path, filename: str):
     """The GGUF read back by transformers' own GGUF loader (dequantized to fp32), with its tokenizer."""
+    import contextlib
+    import io
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
+    # The GGUF reader draws its own tqdm bar, outside transformers' progress-bar switch; ours is already running.
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
     return model, tokenizer
