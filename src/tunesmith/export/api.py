@@ -77,11 +77,13 @@ def _check(fmt: str, spec: Format, job: Job, folder: Path, write: bool, progress
     progress.update(task, info="loading the fine-tuned model (fp32)")
     job.reference.load()
     progress.update(task, advance=1, info="running the fine-tuned model on the parity prompts")
-    fp32_outputs = parity.outputs(job.reference.model, ids, job.tokenizer)
+    rounding = spec.rounding(job)
+    # With rounding, the unrounded model is compared by logits only (top-1 agreement, |Δ|); the greedy outputs
+    # are compared against the rounded reference, which must match exactly.
+    fp32_outputs = parity.outputs(job.reference.model, ids, job.tokenizer, generate=rounding is None)
     if write:
         progress.update(task, advance=1, info=f"writing the {fmt} export")
         spec.write(job, folder)
-    rounding = spec.rounding(job)
     exact_reference = fp32_outputs
     if rounding is not None:
         progress.update(task, info="running the reference with the export's rounded weights")
