@@ -337,3 +337,62 @@ def test_smollm2_exports_merged_and_q8_0_gguf_that_match_the_packaged_gguf_layou
         expected = packaged.fields[key].contents()
         got = ours.fields[key].contents()
         assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, key
+
+
+def _render_go(modelfile: str, messages: list[dict]) -> str:
+    """Ollama's rendering of the Modelfile for `messages`, for the Go-template subset tunesmith writes: SYSTEM
+    becomes the first message when the conversation has none, then BOS{{ range .Messages }}BODY{{ end }}GEN."""
+    import re
+
+    template = re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1)
+    system = re.search(r'SYSTEM """(.*?)"""', modelfile, re.S)
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system.group(1)}, *messages]
+    bos, body, generation = re.fullmatch(r"(.*?)\{\{ range \.Messages \}\}(.*)\{\{ end \}\}(.*)", template,
+                                         re.S).groups()
+    assert "{{" not in bos + generation
+    branches = dict(re.findall(r'\{\{ (?:if|else if) eq \.Role "(\w+)" \}\}(.*?)(?=\{\{ else if|\{\{ end \}\})',
+                               body, re.S))
+    text = bos
+    for message in messages:
+        turn = branches[message["role"]] if branches else body.replace("{{ .Role }}", message["role"])
+        text += turn.replace("{{ .Content }}", message["content"])
+    return text + generation
+
+
+TEMPLATES = {
+    "chatml": CHATML_TEMPLATE,
+    "smollm2 (default system prompt)": (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>"
+        "system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}"
+        "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
+    "llama3-like (bos)": (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\\n\\n"
+        "{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>"
+        "assistant<|end_header_id|>\\n\\n{% endif %}"),
+    "inst (per-role shapes)": (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% elif m['role'] == 'system' %}"
+        "<<SYS>>{{ m['content'] }}<</SYS>>{% endif %}{% endfor %}"),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_the_ollama_template_renders_like_the_jinja_chat_template(tiny_llama, name):
+    from transformers import AutoTokenizer
+
+    from tunesmith.export.chat import analyze, end_of_turn_token
+    from tunesmith.export.ollama import modelfile
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = TEMPLATES[name]
+    layout = analyze(tokenizer)
+    text = modelfile(layout, ["<|im_end|>"], 4096, {"temperature": 0}, "test")
+    conversations = [CUPS, [{"role": "system", "content": "Be brief."}, *CUPS],
+                     [*CUPS, {"role": "assistant", "content": "Seven."}, {"role": "user", "content": "And 2 more?"}]]
+    for messages in conversations:
+        assert _render_go(text, messages) == tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                           add_generation_prompt=True)
+    assert ('SYSTEM """You are a helpful AI assistant named SmolLM' in text) == name.startswith("smollm2")
+    assert end_of_turn_token(tokenizer, layout) == {"llama3-like (bos)": None}.get(name, "<|im_end|>")

@@ -59,38 +59,41 @@ def _split(block: str, role: str) -> Turn:
 
 
 def analyze(tokenizer) -> TurnLayout:
-    """Each role's prefix/suffix, the generation prompt and any default system prompt of the template."""
+    """Each role's prefix/suffix, the generation prompt, and the text the template writes once at the start
+    (a BOS string, a default system turn)."""
     system, user, assistant = (_message(role) for role in ROLES)
     try:
         first = _render(tokenizer, [system], False)
-        conversation = [system, user]
+        head = [system]
     except Exception:  # noqa: BLE001  (templates raise their own errors, e.g. "system role not supported")
-        first, conversation = "", [user]
-    upto_user = _render(tokenizer, conversation, False)
-    upto_assistant = _render(tokenizer, conversation + [assistant], False)
-    prompt = _render(tokenizer, conversation, True)
-    turns = {"user": _split(_after(upto_user, first, "does not render turns one after another"), "user"),
-             "assistant": _split(_after(upto_assistant, upto_user, "does not render turns one after another"),
-                                 "assistant")}
-    generation_prompt = _after(prompt, upto_user, "adds a generation prompt that does not extend the conversation")
-    bos_text, default_system = "", None
-    if first:
-        system_turn = _split(first, "system")
-        # Text written once before the first turn (a BOS string) sits in front of the system prefix. When the
-        # roles share one pattern (ChatML: "<|im_start|>" + role + "\n"), the user prefix tells where it ends.
-        generic = turns["user"].prefix.replace("user", "system", 1)
-        if generic != turns["user"].prefix and system_turn.prefix.endswith(generic):
-            bos_text = system_turn.prefix[: len(system_turn.prefix) - len(generic)]
-            system_turn = Turn(generic, system_turn.suffix)
+        first, head = "", []
+    upto = [_render(tokenizer, head + [user], False), _render(tokenizer, head + [user, assistant], False),
+            _render(tokenizer, head + [user, assistant, user], False)]
+    prompt = _render(tokenizer, head + [user, assistant, user], True)
+    interleaved = "does not render turns one after another"
+    # A user turn that follows an assistant turn carries nothing that is written once (BOS, default system).
+    turns = {"assistant": _split(_after(upto[1], upto[0], interleaved), "assistant"),
+             "user": _split(_after(upto[2], upto[1], interleaved), "user")}
+    generation_prompt = _after(prompt, upto[2], "adds a generation prompt that does not extend the conversation")
+    user_text = turns["user"].prefix + MARKERS["user"] + turns["user"].suffix
+    alone = _render(tokenizer, [user], False)
+    if not alone.endswith(user_text) or (first and _after(upto[0], first, interleaved) != user_text):
+        raise _refuse("renders a user turn differently depending on its place (it merges the system prompt "
+                      "into the first user turn, say)")
+    opening = alone[: len(alone) - len(user_text)]  # written once before the first turn
+    if not first:
+        return TurnLayout(turns, generation_prompt, None, opening)
+    system_turn = _split(first, "system")
+    if system_turn.prefix.startswith(opening):  # only a BOS string (or nothing) opens every conversation
+        turns["system"] = Turn(system_turn.prefix[len(opening):], system_turn.suffix)
+        return TurnLayout(turns, generation_prompt, None, opening)
+    # The template inserts a system turn of its own when the conversation has none (SmolLM2 does): the
+    # opening is a system turn around that default text.
+    prefix, suffix = system_turn.prefix, system_turn.suffix
+    if opening.startswith(prefix) and opening.endswith(suffix) and len(opening) >= len(prefix) + len(suffix):
         turns["system"] = system_turn
-        # A template that inserts a system turn of its own when the conversation has none (SmolLM2 does).
-        user_text = turns["user"].prefix + MARKERS["user"] + turns["user"].suffix
-        alone = _render(tokenizer, [user], False)
-        if alone.endswith(user_text):
-            opening = alone[: len(alone) - len(user_text)].removeprefix(bos_text)
-            if opening.startswith(system_turn.prefix) and opening.endswith(system_turn.suffix) and opening:
-                default_system = opening[len(system_turn.prefix): len(opening) - len(system_turn.suffix)]
-    return TurnLayout(turns, generation_prompt, default_system, bos_text)
+        return TurnLayout(turns, generation_prompt, opening[len(prefix): len(opening) - len(suffix)], "")
+    raise _refuse("opens a conversation with text that is neither a BOS string nor a default system turn")
 
 
 def end_of_turn_token(tokenizer, layout: TurnLayout) -> str | None:
