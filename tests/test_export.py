@@ -396,3 +396,22 @@ def test_the_ollama_template_renders_like_the_jinja_chat_template(tiny_llama, na
                                                                            add_generation_prompt=True)
     assert ('SYSTEM """You are a helpful AI assistant named SmolLM' in text) == name.startswith("smollm2")
     assert end_of_turn_token(tokenizer, layout) == {"llama3-like (bos)": None}.get(name, "<|im_end|>")
+
+
+def test_a_quantized_export_that_loses_top1_agreement_fails_with_the_f16_fix():
+    from pathlib import Path as _Path
+
+    from tunesmith.export.api import _failure
+    from tunesmith.export.parity import judge, report
+
+    exact = {"max_abs_logit_diff": 0.0, "top1_agreement": 1.0, "generations_match": True, "generations_matching": 6,
+             "prompts": 6, "positions": 300}
+    tokens = {"chat_template_match": True, "tokenizer_match": True}
+    vs_fp32 = {"max_abs_logit_diff": 2.5, "top1_agreement": 0.84, "prompts": 6, "positions": 300}
+    failures = judge(exact, tokens, vs_fp32, lossy=True)
+    assert failures == ["top-1 agreement with the fp32 model 84.0% < 90%"]
+    assert judge(exact, tokens, vs_fp32, lossy=False) == []  # f16/bf16: the rounding cost is only reported
+    result = report("gguf", {"gguf_type": "q8_0"}, exact, tokens, vs_fp32, True, failures)
+    assert not result["passed"] and result["thresholds"]["min_top1_agreement_vs_fp32"] == 0.9
+    error = _failure("gguf", result, _Path("/tmp/out"))
+    assert "84.0% < 90%" in error.render() and "--gguf-type f16" in error.fix

@@ -147,7 +147,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
     folder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         with progress_bar("info") as progress:
-            task = progress.add_task(f"export {fmt}", total=5, info="")
+            task = progress.add_task(f"export {fmt}", total=5, info="")  # the five steps of _check
             result = _check(fmt, spec, job, folder, True, progress, task)
         if not result["passed"]:
             raise _failure(fmt, result, out)
@@ -165,5 +165,5 @@ def verify_export(run_dir: str | Path, folder: str | Path) -> dict:
     written = json.loads((folder / PARITY_FILE).read_text())
     spec, job = _job(Path(run_dir), written["format"], written.get("dtype"), written.get("gguf_type"))
     with progress_bar("info") as progress:
-        task = progress.add_task(f"verify {written['format']}", total=5, info="")
+        task = progress.add_task(f"verify {written['format']}", total=4, info="")  # _check without the write
         return _check(written["format"], spec, job, folder, False, progress, task)
