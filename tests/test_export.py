@@ -415,3 +415,21 @@ def test_a_quantized_export_that_loses_top1_agreement_fails_with_the_f16_fix():
     assert not result["passed"] and result["thresholds"]["min_top1_agreement_vs_fp32"] == 0.9
     error = _failure("gguf", result, _Path("/tmp/out"))
     assert "84.0% < 90%" in error.render() and "--gguf-type f16" in error.fix
+
+
+def test_pre_tokenizer_names_for_llama_cpp():
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    from tunesmith.errors import ModelError
+    from tunesmith.export.gguf_vocab import _pre_name
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    assert _pre_name(byte_level) == "gpt2"
+    llama3 = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": GGUF_PRE_TOKENIZER_SPLITS["llama-bpe"]}, "behavior": "Isolated"},
+        {**byte_level, "use_regex": False}]}
+    assert _pre_name(llama3) == "llama-bpe"
+    digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    assert _pre_name(digits) == "smollm"  # the hub SmolLM2 tokenizer.json
+    with pytest.raises(ModelError, match="convert_hf_to_gguf"):
+        _pre_name({"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"})  # SentencePiece

@@ -33,11 +33,19 @@ def _pre_name(pre_tokenizer: dict | None) -> str:
             return "gpt2"  # GPT-2's own splitting regex, inside ByteLevel
         raise _refuse("uses ByteLevel with a prefix space or without its regex")
     steps = pre_tokenizer.get("pretokenizers", []) if pre_tokenizer.get("type") == "Sequence" else []
+    if len(steps) == 2 and steps[0] == {"type": "Digits", "individual_digits": True} \
+            and steps[1].get("type") == "ByteLevel" and steps[1].get("use_regex", True):
+        # SmolLM's (and StarCoder's) tokenizer.json: every digit alone, then GPT-2's regex; llama.cpp's name for
+        # that is "smollm". transformers' GGUF reader splits such files with GPT-2's regex alone, so the parity
+        # check's token ids tell whether the vocabulary has multi-digit tokens that would make the two differ.
+        return "smollm"
     if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel" \
             and not steps[1].get("use_regex", True):
         pattern = steps[0].get("pattern", {}).get("Regex")
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
-
+        try:  # transformers' own table (5.x): the GGUF reader splits text by these names
+            from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+        except ImportError:
+            GGUF_PRE_TOKENIZER_SPLITS = {}
         for name in PRE_BY_SPLIT_NAME:
             if GGUF_PRE_TOKENIZER_SPLITS.get(name) == pattern:
                 return name
