@@ -115,22 +115,22 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with ev
     console.print(f"wrote {path} and {path.with_name('report.md')}")
 
 
-from tunesmith.cli_data import data_app  # noqa: E402  (the data verbs live in their own module)
-
-app.add_typer(data_app, name="data")
+# Every other verb lives in its own module; `import tunesmith` stays light because they import lazily.
+from tunesmith.cli_data import data_app  # noqa: E402
+from tunesmith.cli_export import export_command  # noqa: E402
+from tunesmith.cli_launch import launch  # noqa: E402
 from tunesmith.cli_plan import plan  # noqa: E402
-
-app.command()(plan)
-
-from tunesmith.cli_serve import register as register_serving  # noqa: E402  (serve, predict, chat)
-
-register_serving(app)
-
 from tunesmith.cli_runs import runs_app  # noqa: E402
+from tunesmith.cli_serve import register as register_serving  # noqa: E402  (serve, predict, chat)
 from tunesmith.cli_sweep import sweep  # noqa: E402
 
-app.command()(sweep)
+app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.command()(plan)
+app.command("export")(export_command)
+app.command()(sweep)
+app.command()(launch)
+register_serving(app)
 
 
 def main() -> None:
