@@ -74,6 +74,8 @@ def run(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fals
         _interrupted(card, project)
         console.print(f"(then `tunesmith run {project} --resume` evaluates and reports)")
         return
+    if not metrics:
+        return  # a torchrun rank other than 0: rank 0 prints the results
     _print_metrics(metrics)
     report_path = Path(config.output) / "report.html"
     console.print(f"run directory: {config.output}" + (f"  (report: {report_path})" if report_path.is_file() else ""))

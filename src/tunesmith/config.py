@@ -97,6 +97,8 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Pack several examples into each row (each attends only to itself); auto: on CUDA, not on CPU.
     packing: Literal["auto"] | bool = "auto"
+    # Under torchrun / accelerate launch (docs/scale-out.md). auto: ddp, or fsdp for full fine-tuning.
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     # classification / multilabel / regression only:
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight each class by n / (k * count)
     head_lr_multiplier: float = 10.0  # the freshly initialized head learns at lr x this (it starts from noise)

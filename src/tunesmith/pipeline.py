@@ -239,15 +239,28 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     enforce_plan(config, resolved.path, ignore=ignore_plan)  # before the run directory or any weight is touched
     check_weight_files(resolved.path, config.model.allow_pickle)  # before anything is written
     warn_remote_code(resolved.path, config.model.trust_remote_code)
-    _claim_run_dir(run_dir, resume, force)
-    if resume:
-        check_resume_config(run_dir, config, force)
-    write_text_atomic(run_dir / "config.yaml", redact_text(dump_config(config)))
+    # Under torchrun only rank 0 prepares the run directory; the others wait for it, then train their share.
+    from tunesmith.train import distributed
+    from tunesmith.train.loop import pick_device
+
+    d = distributed.setup(pick_device(config.train.device), config.train.distributed, config.method.kind)
+    if d.enabled and config.task != "generation":
+        raise ConfigError(f"task '{config.task}' trains in one process in this version (its loop is not "
+                          "distributed yet)", "run it without torchrun / tunesmith launch")
+    if d.main:
+        _claim_run_dir(run_dir, resume, force)
+        if resume:
+            check_resume_config(run_dir, config, force)
+        write_text_atomic(run_dir / "config.yaml", redact_text(dump_config(config)))
     tokenizer = load_tokenizer(resolved.path, config.model.trust_remote_code)
     if config.task == "generation":
         ensure_chat_template(tokenizer)
-    stats = prepare_data(config, run_dir, tokenizer, resolved.path)
+    stats = prepare_data(config, run_dir, tokenizer, resolved.path) if d.main else None
+    distributed.barrier(d)
     summary = fit(config, run_dir, resolved.path, tokenizer, resume=resume, on_eval=on_eval, force=force)
+    if not d.main:
+        distributed.teardown(d)
+        return {"train": summary, "rank": d.rank}
     card = {"name": config.name, "task": config.task, "model": {"base": config.model.base, "path": resolved.path,
                                                                 "source": resolved.source},
             "method": config.method.kind, "seed": config.train.seed, "datasets_sha256": _dataset_hashes(config),
@@ -258,6 +271,7 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     card["git_commit"] = (card["git"] or {}).get("commit")
     card = redact(card)
     write_json_atomic(run_dir / "run_card.json", card)
+    distributed.teardown(d)
     return card
 
 
@@ -271,6 +285,8 @@ def run_project(config: ProjectConfig, resume: bool = False, force: bool = False
     card = train_project(config, resume=resume, force=force, ignore_plan=ignore_plan)
     if card["train"].get("interrupted"):
         return None  # stopped by a signal: evaluation waits for `--resume`
+    if card.get("rank"):
+        return {}  # a torchrun rank other than 0: rank 0 evaluates and reports
     run_dir = Path(config.output)
     eval_started = time.time()
     metrics = evaluate(config, run_dir)

@@ -89,9 +89,24 @@ def teardown(d: Dist) -> None:
             dist.destroy_process_group()
 
 
-def my_share(items: list, d: Dist) -> list:
-    """This rank's micro-batches of one optimizer step: r, r + world, …"""
-    return items[d.rank::d.world] if d.enabled else items
+def rank_share(items: list, d: Dist) -> list[tuple[object, float]]:
+    """This rank's micro-batches of one optimizer step, r, r + world, …, each with its loss weight. Every rank
+    runs the same number of micro-batches (FSDP's collectives need that): a rank short of one at an epoch's
+    end repeats the step's first micro-batch with weight 0."""
+    if not d.enabled:
+        return [(item, 1.0) for item in items]
+    mine = [(item, 1.0) for item in items[d.rank::d.world]]
+    rounds = -(-len(items) // d.world)
+    return mine + [(items[0], 0.0)] * (rounds - len(mine))
+
+
+def agreed_signal(local: str | None, d: Dist) -> str | None:
+    """SIGINT/SIGTERM seen by any rank stops every rank after the same step (a lone rank stopping would leave
+    the others waiting in a collective)."""
+    if not d.enabled:
+        return local
+    anyone = sum_all(1.0 if local else 0.0, d) > 0  # every rank takes part in this all-reduce, signalled or not
+    return local or ("SIGTERM" if anyone else None)
 
 
 def sum_all(value: float, d: Dist) -> float:

@@ -30,6 +30,7 @@ from tunesmith.train.loss import linear_cross_entropy_sum
 from tunesmith.train.precision import Compute, resolve_compute
 from tunesmith.train.checkpoint import (checkpoint_name, load_checkpoint, load_weights, newest_loadable,
                                         prune_checkpoints, restore_rng, save_checkpoint, save_weights)
+from tunesmith.train import distributed
 from tunesmith.train.early_stop import EvalHistory
 from tunesmith.train.guard import BadStepGuard, StopRequest, check_output_room, checkpoint_bytes
 from tunesmith.train.resume import config_hash, flatten
@@ -120,6 +121,11 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     the newest checkpoint that verifies; force: even when the config or data changed since it was written."""
     cfg = config.train
     device = pick_device(cfg.device)
+    d = distributed.setup(device, cfg.distributed, config.method.kind)
+    if d.strategy == "fsdp" and (resume or cfg.load_best or cfg.early_stopping_patience):
+        raise ConfigError("an fsdp run keeps no intermediate checkpoints in this version, so --resume, "
+                          "train.load_best and early stopping are not available with it",
+                          "use train.distributed: ddp (the whole model on each process), or drop those options")
     if device == "cpu":
         # Denormal floats in the frozen weights' gradients make x86 CPUs crawl: 24 -> 99 tokens/s measured.
         torch.set_flush_denormal(True)
@@ -148,11 +154,14 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                            trust_remote_code=config.model.trust_remote_code)
     model = apply_method(model, config.method, device).to(device)
     model.config.use_cache = False
+    distributed.broadcast_parameters(model, d)  # ddp: every rank starts from rank 0's adapter init
+    model = distributed.shard_model(model, d)  # fsdp: each rank keeps a shard of every layer
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), "
                   f"method {config.method.kind}, device {device}, "
                   f"{compute.name}")
-    check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
+    if d.main:
+        check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
     model.train()
 
     micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
@@ -184,15 +193,18 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
             guard.in_a_row = state["bad_steps_in_a_row"]
             if state.get("stop_reason") in ("early_stopping", "on_eval"):
                 stop = state["stop_reason"]  # the run had already ended there; resuming only finishes it
-            _truncate_metrics(metrics_path, step)
+            if d.main:
+                _truncate_metrics(metrics_path, step)
             console.print(f"resumed from {checkpoint.name}: steps 1-{step} are not run again")
-    if step == 0 and metrics_path.exists():
+    if step == 0 and metrics_path.exists() and d.main:
         metrics_path.unlink()
+    distributed.barrier(d)  # rank 0 has reset metrics.jsonl before anyone logs
 
     tokens, train_seconds, record = 0, 0.0, None
     params_for_tracking = redact(flatten(config.model_dump(mode="json")))
-    with MetricsLog(metrics_path, cfg.tracking, params_for_tracking, config.name) as log, StopRequest() as signals, \
-            progress_bar() as progress:
+    # Only rank 0 writes metrics.jsonl and draws the progress bar; the other ranks train silently.
+    with (MetricsLog(metrics_path, cfg.tracking, params_for_tracking, config.name) if d.main else _Silent()) as log, \
+            StopRequest() as signals, (progress_bar() if d.main else _Silent()) as progress:
         task = progress.add_task("training", total=total_steps, completed=step, loss=float("nan"), tps=0.0)
         while step < total_steps and stop is None:
             epoch_index = step // steps_per_epoch
@@ -212,15 +224,17 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                     tensors = [{k: v.to(device) for k, v in collate([train_rows[i] for i in ids],
                                                                       tokenizer.pad_token_id).items()}
                                for ids in group]
-                # Normalize by the labelled tokens of the whole optimizer step, so accumulation gives the
-                # same gradient as one big batch.
+                # Normalize by the labelled tokens of the whole optimizer step, so accumulation (and any number
+                # of processes) gives the same gradient as one big batch.
                 n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
                 step_loss = 0.0
-                for batch in tensors:
+                for batch, weight in distributed.rank_share(tensors, d):
                     with compute.context(device):
                         loss_sum, _ = label_loss_sum(model, batch)
-                    (loss_sum / n_labels).backward()
-                    step_loss += loss_sum.item() / n_labels
+                    (loss_sum * weight / n_labels).backward()
+                    step_loss += weight * loss_sum.item() / n_labels
+                distributed.sum_gradients(params, d)
+                step_loss = distributed.sum_all(step_loss, d)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 lr = scheduler.get_last_lr()[0]
                 finite = guard.finite(step_loss, grad_norm)
@@ -257,16 +271,18 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                                       f"(best {history.best_loss:.4f} at step {history.best_step})")
                     if on_eval is not None and on_eval(step, held):
                         stop = stop or "on_eval"
-                stop = stop or signals.signal
+                stop = stop or distributed.agreed_signal(signals.signal, d)
                 # Every evaluation is checkpointed too, so the best weights are always on disk.
-                if evaluate or stop or step == total_steps or \
-                        (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0):
+                if d.strategy != "fsdp" and (evaluate or stop or step == total_steps or
+                                              (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0)):
                     state = {"epoch": step / steps_per_epoch, "epoch_index": step // steps_per_epoch,
                              "step_in_epoch": step % steps_per_epoch, "eval_loss": held if evaluate else None,
                              "history": history.state(), "bad_steps_in_a_row": guard.in_a_row,
                              "stop_reason": stop, "seed": cfg.seed, **fingerprint}
-                    last_checkpoint = save_checkpoint(run_dir, step, model, optimizer, scheduler, state).name
-                    prune_checkpoints(run_dir, cfg.keep_checkpoints, history.best_step)
+                    if d.main:
+                        last_checkpoint = save_checkpoint(run_dir, step, model, optimizer, scheduler, state).name
+                        prune_checkpoints(run_dir, cfg.keep_checkpoints, history.best_step)
+                    distributed.barrier(d)  # no rank runs ahead of a checkpoint it may have to resume from
                 if stop or step == total_steps:
                     break
         summary = {"steps": step, "stopped_early": stop in ("early_stopping", "on_eval"), "stop_reason": stop,
@@ -289,11 +305,37 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         if record is not None:  # the last training record carries the run's throughput and memory
             log.write({**record, **summary})
 
-    adapter_dir = run_dir / "adapter"
-    adapter_dir.mkdir(exist_ok=True)
-    save_weights(model, adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
+    full_state = distributed.full_state_dict(model, d)  # fsdp: gathered from every rank's shard
+    if d.main:
+        adapter_dir = run_dir / "adapter"
+        adapter_dir.mkdir(exist_ok=True)
+        if full_state is not None:
+            model.save_pretrained(adapter_dir, state_dict=full_state, safe_serialization=True)
+        else:
+            save_weights(model, adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+    distributed.barrier(d)
+    summary["processes"] = d.world
     return summary
+
+
+class _Silent:
+    """What the ranks other than 0 use for the metrics log and the progress bar."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass
 
 
 def _check_fingerprint(state: dict, fingerprint: dict, checkpoint: Path, force: bool) -> None:
