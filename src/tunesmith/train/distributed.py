@@ -13,8 +13,8 @@ Strategies (`train.distributed`):
   (for LoRA a few MB). The arithmetic of DistributedDataParallel, without its hooks, so gradient accumulation
   and ranks with fewer micro-batches at an epoch's end need no special cases.
 - `fsdp`: full fine-tuning of a model too large for one device: each decoder layer and then the root are
-  sharded with FSDP2's `fully_shard`; gradients are reduce-scattered in backward (summed, not averaged, so the
-  loss normalization above holds), and the final weights are gathered to rank 0 for saving.
+  sharded with FSDP2's `fully_shard`; gradients are reduce-scattered (averaged) in backward, so the loss is
+  scaled by the rank count to keep the sum, and the final weights are gathered to rank 0 for saving.
 - `auto`: `ddp`, except full fine-tuning with more than one process, which uses `fsdp`.
 """
 
@@ -163,10 +163,14 @@ def shard_model(model, d: Dist):
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
-    # Sum, don't average, over ranks: each rank's loss is already divided by the whole step's labelled tokens.
-    for module in [*layers, model]:
-        module.set_gradient_divide_factor(1.0)
     return model
+
+
+def loss_scale(d: Dist) -> float:
+    """FSDP averages gradients over ranks (gloo has no pre-scaled sum to make it add them), while each rank's
+    loss is already divided by the whole step's labelled tokens: scaling the loss by the rank count turns the
+    average back into the sum."""
+    return float(d.world) if d.strategy == "fsdp" else 1.0
 
 
 def full_state_dict(model, d: Dist) -> dict[str, torch.Tensor] | None:

@@ -57,6 +57,12 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
+    if _is_fsdp(model):
+        # FSDP gathers the embeddings and head in the root module's forward hooks, so the root forward must run
+        # (whole-vocabulary logits: the price of sharding until the head is sharded separately).
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       position_ids=batch.get("position_ids"), use_cache=False).logits
+        return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum"), int(keep.sum())
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = base.get_decoder()
     head = base.get_output_embeddings()
@@ -70,6 +76,12 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         return linear_cross_entropy_sum(selected, head.weight, labels[keep]), int(keep.sum())
     # A head that adapters wrap (target_modules naming lm_head) runs as a module, logits and all.
     return F.cross_entropy(head(selected).float(), labels[keep], reduction="sum"), int(keep.sum())
+
+
+def _is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def read_tokenized(path: Path) -> list[Tokenized]:
@@ -231,7 +243,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                 for batch, weight in distributed.rank_share(tensors, d):
                     with compute.context(device):
                         loss_sum, _ = label_loss_sum(model, batch)
-                    (loss_sum * weight / n_labels).backward()
+                    (loss_sum * (weight * distributed.loss_scale(d)) / n_labels).backward()
                     step_loss += weight * loss_sum.item() / n_labels
                 distributed.sum_gradients(params, d)
                 step_loss = distributed.sum_all(step_loss, d)
