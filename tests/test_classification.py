@@ -227,7 +227,9 @@ def test_classification_run_end_to_end_and_reload(tmp_path, tiny_bert):
     assert "train_tokens_per_s" in train_records[-1] and "peak_memory_mb" in train_records[-1]
     evals = [r for r in records if "eval_loss" in r]
     assert len(evals) == 4 and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
-    assert len(list((run / "checkpoints").glob("step-*"))) == 4
+    # One checkpoint per epoch is written; the newest train.keep_checkpoints (2) are kept.
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*"))[-1] == f"step-{train_records[-1]['step']:06d}"
+    assert len(list((run / "checkpoints").glob("step-*"))) == 2
 
     predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert {"text", "reference", "prediction", "probabilities"} <= set(predictions[0])

@@ -119,9 +119,21 @@ def _schedule(warmup_steps: int, total_steps: int):
 
 
 def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: CUDA's max allocated, else the peak RSS.
+
+    On Linux the peak RSS is read as VmHWM from /proc/self/status, not ru_maxrss: ru_maxrss is carried across
+    fork and exec, so a run started from a large process (a notebook, a test runner at 3 GB) would report its
+    parent's peak instead of its own. VmHWM belongs to the process image and starts afresh at exec."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; macOS bytes (rare here)
 
 
 def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume: bool = False,

@@ -25,6 +25,8 @@ RESULT_NEUTRAL_KEYS = {
     "train.checkpoint_every_steps", "train.keep_checkpoints",  # writing a checkpoint draws no randomness
     "train.max_bad_steps",  # only decides when a diverging run gives up
     "model.allow_pickle",  # the same weights, read from another file format
+    # ddp on 1, 2 or 8 processes takes the same optimizer steps (train/distributed.py), up to float order
+    "train.distributed",
 }
 # eval.* is the generation stage after training (metrics, max_new_tokens, ...) and sweep.* drives `tunesmith
 # sweep` around runs: neither touches the training of this run.
