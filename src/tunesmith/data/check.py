@@ -258,12 +258,14 @@ def _cross_row_findings(index: RowIndex, generation: bool) -> Iterator[Finding]:
             continue
         exact = index.exact_first(subset)
         near = index.near_first(subset)
-        for row, first in zip(subset.tolist(), exact.tolist()):
-            if first != row:
-                yield warn(row, "duplicate", f"same row as {index.where(first)}", first)
-        for row, first, original in zip(subset.tolist(), near.tolist(), exact.tolist()):
-            if first != row and original == row:
-                yield warn(row, "near_duplicate", f"nearly the same row as {index.where(first)}", first)
+        # Only the rows that repeat another become Python objects: a list per row of the subset would cost
+        # ~36 bytes a row for each of them.
+        copies = np.flatnonzero(exact != subset)
+        for row, first in zip(subset[copies].tolist(), exact[copies].tolist()):
+            yield warn(row, "duplicate", f"same row as {index.where(first)}", first)
+        close = np.flatnonzero((near != subset) & (exact == subset))
+        for row, first in zip(subset[close].tolist(), near[close].tolist()):
+            yield warn(row, "near_duplicate", f"nearly the same row as {index.where(first)}", first)
         what = "answer" if generation else "label"
         for row, first in zip(*(a.tolist() for a in index.contradictions(subset))):
             yield warn(row, "contradiction", f"same prompt as {index.where(first)} with a different {what}", first)
