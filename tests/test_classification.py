@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
+from helpers import cli
 from tunesmith.data.encode import check_known_labels, task_space
 from tunesmith.data.formats import Example
 from tunesmith.errors import DataError
@@ -238,6 +239,19 @@ def test_classification_run_end_to_end_and_reload(tmp_path, tiny_bert):
     again = classifier.predict([p["text"] for p in predictions])
     assert [a["label"] for a in again] == [p["prediction"] for p in predictions]
     assert sum(again[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+
+    # `tunesmith predict` on the run: the same labels, every input field kept, a bad row named by its line.
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": p["text"], "id": i}) + "\n" for i, p in enumerate(predictions)))
+    out = tmp_path / "labels.jsonl"
+    result = cli("predict", run, "--input", texts, "-o", out)
+    assert result.returncode == 0, result.stderr
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w["label"] for w in written] == [p["prediction"] for p in predictions]
+    assert [w["id"] for w in written] == list(range(len(predictions))) and "probabilities" in written[0]
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
+    bad = cli("predict", run, "--input", tmp_path / "bad.jsonl", "-o", tmp_path / "x.jsonl")
+    assert bad.returncode == 1 and "bad.jsonl:2" in bad.stderr and not (tmp_path / "x.jsonl").exists()
 
 
 def test_resume_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bert):

@@ -109,10 +109,23 @@ def predict(source: SourceArg,
             seed: Annotated[int | None, typer.Option(help="Seed for sampling (row i uses seed + i).")] = None,
             max_batch_size: BatchOption = 16, system_prompt: SystemOption = None, dtype: DtypeOption = "auto",
             device: DeviceOption = "auto", threads: ThreadsOption = None):
-    """Answer every prompt of a file with the fine-tuned model; writes JSONL (atomically) in input order."""
+    """Answer every prompt of a file with the fine-tuned model; writes JSONL (atomically) in input order.
+    For a classification, multilabel or regression run: each row's text gets its label(s) or value and the
+    probabilities."""
     from tunesmith.io import write_jsonl_atomic
     from tunesmith.serve.engine import Engine
     from tunesmith.serve.predict import predict_rows, read_prompts
+
+    if _task(source) not in ("generation", None):
+        from tunesmith.serve.classify import classify_rows, read_texts
+
+        texts = read_texts(input_)
+        with progress_bar("info") as progress:
+            task = progress.add_task("predicting", total=len(texts), info="")
+            out = classify_rows(source, texts, on_batch=lambda n: progress.update(task, advance=n))
+        write_jsonl_atomic(output, out)
+        console.print(f"wrote {len(out)} predictions to {output}")
+        return
 
     rows = read_prompts(input_)
     served = _load(source, dtype, device, threads, system_prompt=system_prompt)
@@ -127,6 +140,15 @@ def predict(source: SourceArg,
         engine.stop()
     write_jsonl_atomic(output, out)
     console.print(f"wrote {len(out)} predictions to {output}")
+
+
+def _task(source: Path) -> str | None:
+    """The task of a run directory (None for an exported model folder)."""
+    if not (Path(source) / "config.yaml").is_file():
+        return None
+    from tunesmith.runs import load_run_config
+
+    return load_run_config(Path(source)).task
 
 
 def chat(source: SourceArg, max_tokens: MaxTokensOption = 512, temperature: TemperatureOption = 0.7,
