@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import httpx2 as httpx  # the HTTP client the openai package brings
 import numpy as np
 import pytest
 import torch
@@ -252,6 +253,49 @@ def test_classification_run_end_to_end_and_reload(tmp_path, tiny_bert):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
     bad = cli("predict", run, "--input", tmp_path / "bad.jsonl", "-o", tmp_path / "x.jsonl")
     assert bad.returncode == 1 and "bad.jsonl:2" in bad.stderr and not (tmp_path / "x.jsonl").exists()
+
+    # `tunesmith serve` on the run: POST /v1/classify over real HTTP gives the same labels.
+    served = _serve(run, tmp_path)
+    try:
+        base, texts_sent = served["base"], [p["text"] for p in predictions[:5]]
+        reply = httpx.post(f"{base}/v1/classify", json={"model": "tiny", "input": texts_sent}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert [d["label"] for d in reply.json()["data"]] == [p["prediction"] for p in predictions[:5]]
+        assert reply.json()["task"] == "classification" and "probabilities" in reply.json()["data"][0]
+        assert httpx.post(f"{base}/v1/classify", json={"model": "other", "input": "x"}).status_code == 404
+        assert httpx.post(f"{base}/v1/classify", json={"model": "tiny", "input": []}).status_code == 400
+        assert httpx.post(f"{base}/v1/classify", json={"model": "tiny", "input": 5}).status_code == 400
+        chat = httpx.post(f"{base}/v1/chat/completions",
+                          json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 400 and chat.json()["error"]["code"] == "wrong_endpoint"
+    finally:
+        served["proc"].terminate()
+        served["proc"].wait(timeout=15)
+
+
+def _serve(run: Path, tmp_path: Path) -> dict:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", str(run), "--port", str(port),
+                             "--model-id", "tiny"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return {"base": base, "proc": proc}
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError((tmp_path / "serve.log").read_text())
 
 
 def test_resume_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bert):

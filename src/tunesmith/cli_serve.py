@@ -87,16 +87,18 @@ def serve(source: SourceArg,
     from tunesmith.serve.engine import Engine
 
     served = _load(source, dtype, device, threads, model_id, system_prompt)
-    engine = Engine(served.model, served.tokenizer, max_batch_size=max_batch_size, max_queue=max_queue,
-                    max_context=served.max_context, batch_wait_s=batch_wait_ms / 1000).start()
+    engine = None if served.kind == "classify" else Engine(  # a classifier answers /v1/classify, no engine
+        served.model, served.tokenizer, max_batch_size=max_batch_size, max_queue=max_queue,
+        max_context=served.max_context, batch_wait_s=batch_wait_ms / 1000).start()
     limits = Limits(max_tokens_limit, min(max_prompt_tokens, served.max_context - 1), max_body_bytes)
     app = create_app(served, engine, limits, api_key)
-    console.print(f"serving '{served.model_id}' from {source} on http://{host}:{port}/v1 "
+    console.print(f"serving '{served.model_id}' ({served.kind}) from {source} on http://{host}:{port}/v1 "
                   f"(batch ≤ {max_batch_size}, API key {'required' if api_key else 'off'}); Ctrl-C stops")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
-        engine.stop()
+        if engine is not None:
+            engine.stop()
 
 
 def predict(source: SourceArg,

@@ -22,9 +22,11 @@ from starlette.exceptions import HTTPException
 from tunesmith.serve.engine import Engine, EngineBusy, GenerationRequest
 from tunesmith.serve.guard import Guard
 from tunesmith.serve.loading import Served, render_chat, render_completion
-from tunesmith.serve.protocol import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
+from tunesmith.serve.protocol import (ApiError, ChatRequest, ClassifyRequest, CompletionRequest, chat_chunk,
+                                      chat_response,
                                       completion_chunk, completion_response, error_body, new_id, usage_chunk)
 
+MAX_CLASSIFY_INPUTS = 256  # texts per /v1/classify request
 DISCONNECT_POLL_S = 1.0  # how often a waiting non-streaming request checks that its client is still there
 
 
@@ -39,7 +41,8 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | None = None):
+def create_app(served: Served, engine: Engine | None, limits: Limits, api_key: str | None = None):
+    """engine: the generation engine; None for a classifier, which answers POST /v1/classify instead."""
     app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
 
@@ -70,6 +73,11 @@ def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | No
         if name != served.model_id:
             raise ApiError(404, f"the model '{name}' does not exist; this server serves '{served.model_id}'",
                            "model", "model_not_found")
+
+    def check_generates() -> None:
+        if engine is None:
+            raise ApiError(400, f"'{served.model_id}' is a {served.model.task} model: it does not generate text; "
+                           "use POST /v1/classify", "model", "wrong_endpoint")
 
     def submit(body, ids: list[int], prompt_param: str) -> tuple[GenerationRequest, asyncio.Queue]:
         requested, name = body.requested_max_tokens()
@@ -137,8 +145,11 @@ def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | No
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.model_id, "kind": served.kind, "max_context": served.max_context,
-                "max_batch_size": engine.max_batch_size, "limits": asdict(limits), "batching": engine.stats_json()}
+        body = {"status": "ok", "model": served.model_id, "kind": served.kind, "max_context": served.max_context,
+                "limits": asdict(limits)}
+        if engine is not None:
+            body.update(max_batch_size=engine.max_batch_size, batching=engine.stats_json())
+        return body
 
     def model_card() -> dict:
         return {"id": served.model_id, "object": "model", "created": created, "owned_by": "tunesmith"}
@@ -155,6 +166,7 @@ def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | No
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: Request):
         check_model(body.model)
+        check_generates()
         body.check_unsupported()
         try:
             ids = render_chat(served, [m.plain() for m in body.messages])
@@ -175,6 +187,7 @@ def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | No
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         check_model(body.model)
+        check_generates()
         body.check_unsupported()
         request, events = submit(body, render_completion(served, body.prompt_text()), "prompt")
         rid = new_id("cmpl")
@@ -187,6 +200,18 @@ def create_app(served: Served, engine: Engine, limits: Limits, api_key: str | No
         done = await wait_done(request, events, http)
         return Response(status_code=499) if done is None else completion_response(rid, served.model_id, done)
 
-    # A classifier run (served.kind == "classify") will add POST /v1/classify here: texts in, labels and
-    # probabilities out; loading.LOADERS refuses such runs until then.
+    classify_lock = asyncio.Lock()  # one forward pass at a time; a request's list of texts is one batch
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest):
+        check_model(body.model)
+        if served.kind != "classify":
+            raise ApiError(400, f"'{served.model_id}' generates text; use /v1/chat/completions", "model",
+                           "wrong_endpoint")
+        texts = body.texts(MAX_CLASSIFY_INPUTS)
+        async with classify_lock:
+            outputs = await asyncio.to_thread(served.model.predict, texts)
+        return {"object": "list", "model": served.model_id, "task": served.model.task,
+                "data": [{"index": i, **out} for i, out in enumerate(outputs)]}
+
     return Guard(app, api_key, limits.max_body_bytes)

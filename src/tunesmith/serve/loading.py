@@ -3,7 +3,7 @@ model folder (`tunesmith export --format merged`, or any causal LM folder with c
 
 The loader is chosen by task from `LOADERS`, so classification runs can plug in later: a loader returns a
 `Served` whose `kind` says which endpoints the server exposes ("generate": /v1/chat/completions and
-/v1/completions; "classify": /v1/classify, not built yet).
+/v1/completions; "classify": /v1/classify).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def _device(setting: str) -> str:
 
 
 def _max_context(model) -> int:
+    model = getattr(model, "model", model)  # a Classifier wraps its model
     return int(getattr(model.config, "max_position_embeddings", None) or 2048)
 
 
@@ -106,9 +107,11 @@ def _generation_loader(source: Path, config, dtype, device: str) -> tuple[str, A
 
 
 def _classifier_loader(source: Path, config, dtype, device: str) -> tuple[str, Any, Any]:
-    raise RunDirError(f"'{source}' is a {config.task} run; serving classifiers (a /v1/classify endpoint with "
-                      "labels and probabilities) is not built yet",
-                      "serve a generation run; for this run's metrics see eval/metrics.json")
+    """A classification, multilabel or regression run: POST /v1/classify (labels or values + probabilities)."""
+    from tunesmith.models.classifier import load_classifier
+
+    classifier = load_classifier(source, device)
+    return "classify", classifier, classifier.tokenizer
 
 
 # task -> loader returning (kind, model, tokenizer); a classifier loader plugs in here.

@@ -164,3 +164,21 @@ def completion_chunk(rid: str, model: str, text: str, finish_reason: str | None 
 def usage_chunk(rid: str, model: str, obj: str, done: dict) -> dict:
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
             "usage": usage(done)}
+
+
+class ClassifyRequest(_Strict):
+    """POST /v1/classify: {"model": ..., "input": "a text" | ["text", ...]} (OpenAI's embeddings shape)."""
+
+    model: str
+    input: str | list[str]
+
+    def texts(self, limit: int) -> list[str]:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts:
+            raise ApiError(400, "'input' is empty: send a text or a list of texts", "input")
+        if len(texts) > limit:
+            raise ApiError(400, f"'input' has {len(texts)} texts; this server takes at most {limit} a request",
+                           "input")
+        if any(not t.strip() for t in texts):
+            raise ApiError(400, "'input' holds an empty text", "input")
+        return texts
