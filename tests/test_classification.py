@@ -254,6 +254,21 @@ def test_classification_run_end_to_end_and_reload(tmp_path, tiny_bert):
     bad = cli("predict", run, "--input", tmp_path / "bad.jsonl", "-o", tmp_path / "x.jsonl")
     assert bad.returncode == 1 and "bad.jsonl:2" in bad.stderr and not (tmp_path / "x.jsonl").exists()
 
+    # `tunesmith export --format merged`: plain transformers loads it and predicts the same classes.
+    exported = tmp_path / "export"
+    result = cli("export", run, "--format", "merged", "-o", exported)
+    assert result.returncode == 0, result.stderr
+    parity = json.loads((exported / "parity.json").read_text())
+    assert parity["passed"] and parity["max_abs_logit_diff"] <= 1e-4 and parity["texts"] > 0
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    plain = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    tokens = AutoTokenizer.from_pretrained(exported)(predictions[0]["text"], return_tensors="pt")
+    assert plain.config.id2label[int(plain(**tokens).logits.argmax())] == predictions[0]["prediction"]
+    assert (exported / "labels.json").is_file()
+    refused = cli("export", run, "--format", "gguf", "-o", tmp_path / "g")
+    assert refused.returncode == 1 and "classifier" in refused.stderr and not (tmp_path / "g").exists()
+
     # `tunesmith serve` on the run: POST /v1/classify over real HTTP gives the same labels.
     served = _serve(run, tmp_path)
     try:
@@ -332,6 +347,14 @@ def test_resume_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path, 
                            "cpu", __import__("contextlib").nullcontext)
     torch.testing.assert_close(logits, again)
     assert set(classifier.predict(texts[:1])[0]) == {"label", "probabilities"}
+
+    # A LoRA run exports as a merged model (adapter folded in) and as the adapter alone, both parity-checked.
+    for fmt in ("merged", "adapter"):
+        result = cli("export", run, "--format", fmt, "-o", tmp_path / fmt)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / fmt / "parity.json").read_text())["passed"]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not list((tmp_path / "merged").glob("adapter_*"))
 
 
 def test_full_multilabel_and_regression_runs(tmp_path, tiny_bert):

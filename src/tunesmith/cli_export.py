@@ -42,5 +42,9 @@ def export_command(
         typer.echo(json.dumps(result, indent=2))
         return
     result = export_run(run_dir, format_, out, dtype=dtype, gguf_type=gguf_type, force=force)
-    print_table(result)
+    if "task" in result:  # a classifier's parity: logits on the run's test texts
+        console.print(f"parity on {result['texts']} texts: max |Δlogit| {result['max_abs_logit_diff']:.2e} "
+                      f"(≤ {result['threshold_max_abs']}), same predictions: {result['same_predictions']}")
+    else:
+        print_table(result)
     console.print(f"{format_} export written to {out} (parity report: {out / 'parity.json'})")

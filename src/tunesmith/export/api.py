@@ -142,6 +142,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
     out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"'{out}' already exists", "pass --force to replace it, or choose another -o folder")
+    if _task(Path(run_dir)) != "generation":
+        return _export_classifier(Path(run_dir), fmt, out)
     spec, job = _job(Path(run_dir), fmt, dtype, gguf_type)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -155,6 +157,30 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
         _install(folder, out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # gone already when installed
+    return result
+
+
+def _task(run_dir: Path) -> str:
+    from tunesmith.runs import load_run_config
+
+    return load_run_config(run_dir).task
+
+
+def _export_classifier(run_dir: Path, fmt: str, out: Path) -> dict:
+    """Classification, multilabel and regression runs: export/classifier.py, the same temp-folder discipline."""
+    from tunesmith.export import classifier
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        classifier.write(run_dir, fmt, folder)
+        result = classifier.check(run_dir, fmt, folder)
+        if not result["passed"]:
+            raise classifier.failure(fmt, result, out)
+        write_json_atomic(folder / PARITY_FILE, result)
+        _install(folder, out)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return result
 
 
