@@ -156,7 +156,8 @@ class LabelTally:
         for spellings in variants.values():
             if len(spellings) > 1:
                 shown = ", ".join(f"'{s}' ({counts[s]})" for s in spellings)
-                findings.append(warn(spellings[1], "label_variants", f"one label spelled {len(spellings)} ways: {shown}"))
+                findings.append(warn(spellings[1], "label_variants",
+                                     f"one label spelled {len(spellings)} ways: {shown}"))
         for label, n in counts.items():
             if n < MIN_PER_LABEL:
                 findings.append(warn(label, "few_examples_for_label",

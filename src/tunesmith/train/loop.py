@@ -297,8 +297,9 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                         stop = stop or "on_eval"
                 stop = stop or distributed.agreed_signal(signals.signal, d)
                 # Every evaluation is checkpointed too, so the best weights are always on disk.
-                if d.strategy != "fsdp" and (evaluate or stop or step == total_steps or
-                                              (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0)):
+                every = cfg.checkpoint_every_steps
+                due = evaluate or stop or step == total_steps or (every > 0 and step % every == 0)
+                if due and d.strategy != "fsdp":  # fsdp runs keep no intermediate checkpoints (docs/scale-out.md)
                     state = {"epoch": step / steps_per_epoch, "epoch_index": step // steps_per_epoch,
                              "step_in_epoch": step % steps_per_epoch, "eval_loss": held if evaluate else None,
                              "history": history.state(), "bad_steps_in_a_row": guard.in_a_row,
