@@ -43,6 +43,9 @@ def text_rows(tokenizer, texts: list[str], max_seq_len: int) -> list[Tokenized]:
     return rows
 
 
+POSITIONS_PER_CHUNK = 512  # 512 x 49,152 x 4 bytes = 100 MB of logits at a time
+
+
 @torch.no_grad()
 def score(model, rows: list[Tokenized], batch_size: int, pad_id: int) -> Likelihood:
     model.eval()
@@ -58,9 +61,13 @@ def score(model, rows: list[Tokenized], batch_size: int, pad_id: int) -> Likelih
         keep = labels != IGNORE_INDEX
         hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           use_cache=False).last_hidden_state
-        logits = head(hidden[:, :-1][keep]).float()
-        targets = labels[keep]
-        total.nll_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        selected, targets = hidden[:, :-1][keep], labels[keep]
+        # A few hundred positions at a time: 16 probe rows of 512 tokens would otherwise make 8,192 x 49,152
+        # fp32 logits (1.6 GB) in one piece, and the allocator keeps such peaks.
+        for lo in range(0, len(targets), POSITIONS_PER_CHUNK):
+            logits = head(selected[lo:lo + POSITIONS_PER_CHUNK]).float()
+            chunk = targets[lo:lo + POSITIONS_PER_CHUNK]
+            total.nll_sum += float(F.cross_entropy(logits, chunk, reduction="sum"))
+            total.correct += int((logits.argmax(-1) == chunk).sum())
         total.tokens += int(keep.sum())
-        total.correct += int((logits.argmax(-1) == targets).sum())
     return total
