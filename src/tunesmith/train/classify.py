@@ -27,14 +27,14 @@ from tunesmith.config import ProjectConfig
 from tunesmith.console import console, progress_bar
 from tunesmith.data.batching import length_grouped_batches
 from tunesmith.data.encode import LABELS_FILE, TARGETS_FILE, THRESHOLDS_FILE, load_space
-from tunesmith.errors import ConfigError, RunDirError
+from tunesmith.errors import RunDirError
 from tunesmith.eval.classification import task_metrics, tune_thresholds
 from tunesmith.io import read_jsonl, write_json_atomic
 from tunesmith.models.adapters import apply_task_method, describe_parameters, count_parameters, quantization_config
 from tunesmith.models.classifier import collate_ids, load_sequence_model, outputs_from_logits
 from tunesmith.train.checkpoint import (load_weights, newest_loadable, prune_checkpoints, restore_rng,
                                         save_checkpoint, save_weights)
-from tunesmith.train.loop import _schedule, peak_memory_mb, pick_device
+from tunesmith.train.loop import _schedule, accumulation_steps, peak_memory_mb, pick_device
 
 # Logged at each epoch end beside eval_loss (prefixed eval_), one or two per task: enough to watch, cheap.
 EPOCH_METRICS = {"classification": ("accuracy", "f1_macro"), "multilabel": ("f1_micro", "f1_macro"),
@@ -113,14 +113,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
     eval_loss) is called after each epoch's evaluation; returning True stops the run there (sweep pruning)."""
     cfg, task = config.train, config.task
     device = pick_device(cfg.device)
-    if device == "cpu":
-        # Denormal floats in the frozen weights' gradients make x86 CPUs crawl (see train/loop.py).
-        torch.set_flush_denormal(True)
-    if cfg.global_batch_size % cfg.micro_batch_size:
-        raise ConfigError(f"train.global_batch_size ({cfg.global_batch_size}) is not a multiple of "
-                          f"train.micro_batch_size ({cfg.micro_batch_size})",
-                          "make global_batch_size a multiple of micro_batch_size (e.g. 16 and 8)")
-    accum = cfg.global_batch_size // cfg.micro_batch_size
+    accum = accumulation_steps(cfg, device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 

@@ -136,6 +136,19 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; macOS bytes (rare here)
 
 
+def accumulation_steps(cfg, device: str) -> int:
+    """What every training loop does first: flush denormals on a CPU and check the batch sizes. Returns the
+    micro-batches per optimizer step."""
+    if device == "cpu":
+        # Denormal floats in the frozen weights' gradients make x86 CPUs crawl: 24 -> 99 tokens/s measured.
+        torch.set_flush_denormal(True)
+    if cfg.global_batch_size % cfg.micro_batch_size:
+        raise ConfigError(f"train.global_batch_size ({cfg.global_batch_size}) is not a multiple of "
+                          f"train.micro_batch_size ({cfg.micro_batch_size})",
+                          "make global_batch_size a multiple of micro_batch_size (e.g. 16 and 8)")
+    return cfg.global_batch_size // cfg.micro_batch_size
+
+
 def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume: bool = False,
         on_eval: Callable[[int, float], bool] | None = None, force: bool = False) -> dict:
     """Train on run_dir/data/train.tokens.jsonl; return a summary for the run card.
@@ -150,14 +163,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         raise ConfigError("an fsdp run keeps no intermediate checkpoints in this version, so --resume, "
                           "train.load_best and early stopping are not available with it",
                           "use train.distributed: ddp (the whole model on each process), or drop those options")
-    if device == "cpu":
-        # Denormal floats in the frozen weights' gradients make x86 CPUs crawl: 24 -> 99 tokens/s measured.
-        torch.set_flush_denormal(True)
-    if cfg.global_batch_size % cfg.micro_batch_size:
-        raise ConfigError(f"train.global_batch_size ({cfg.global_batch_size}) is not a multiple of "
-                          f"train.micro_batch_size ({cfg.micro_batch_size})",
-                          "make global_batch_size a multiple of micro_batch_size (e.g. 16 and 8)")
-    accum = cfg.global_batch_size // cfg.micro_batch_size
+    accum = accumulation_steps(cfg, device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
