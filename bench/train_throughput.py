@@ -8,7 +8,7 @@ Data: Bitext customer-support pairs from ../shared/data (variable length), token
 and completion-only labels, so every variant trains on identical rows. Real tokens/s = non-padding input tokens
 ÷ seconds in the training loop (model loading excluded).
 
-    .venv/bin/python bench/train_throughput.py [--rows 64] [--max-seq-len 256]
+    .venv/bin/python bench/train_throughput.py [--rows 128] [--max-seq-len 256]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run(code: str, *args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=256)
     args = parser.parse_args()
     if not BITEXT.is_file():

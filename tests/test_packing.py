@@ -76,3 +76,23 @@ def test_training_with_packing_runs_and_learns(tiny_project):
     assert len(losses) == 16 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert sum(r["tokens"] for r in steps if "tokens" in r) == 2 * stats["train"]["tokens"]  # 2 epochs, no padding
+
+
+def test_right_padded_batch_without_mask_equals_one_by_one_loss(tiny_llama):
+    """label_loss_sum passes no attention mask for collate()'s right-padded rows (SDPA's fast causal path): a
+    real token never attends to the padding after it, so the batch loss equals each row's loss alone, with
+    both attention kernels the CPU trainer picks from."""
+    tokenizer = load_tokenizer(str(tiny_llama))
+    from tunesmith.data.tokenize import Tokenized
+
+    # rows of different lengths (answers cut short), so the batch really pads
+    rows = [Tokenized(r.input_ids[:len(r.input_ids) - 3 * i], r.labels[:len(r.labels) - 3 * i], False)
+            for i, r in enumerate(rows_for(tokenizer, 6, seed=12))]
+    assert len({len(r.input_ids) for r in rows}) == 6
+    for attention in ("eager", "sdpa"):
+        model = load_causal_lm(str(tiny_llama), torch.float32, attention).eval()
+        with torch.no_grad():
+            total, n = label_loss_sum(model, collate(rows, tokenizer.pad_token_id))
+            single = [label_loss_sum(model, collate([row], tokenizer.pad_token_id)) for row in rows]
+        assert n == sum(s[1] for s in single)
+        assert abs(float(total) - sum(float(s[0]) for s in single)) < 1e-4 * float(total), attention

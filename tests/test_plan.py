@@ -117,6 +117,10 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     compute = resolve_compute("auto", "auto", method, "cpu")
     model = apply_method(load_causal_lm(str(tiny_llama), compute.weights, compute.attention),
                          MethodConfig(kind=method, r=8), "cpu")
+    if method == "lora":  # as the trainer runs it: the fused adapter layers (train/lora_fast.py)
+        from tunesmith.train.lora_fast import use_fast_lora
+
+        assert use_fast_lora(model) > 0
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -136,10 +140,13 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     shape = read_shape(tiny_llama)
     autocast = compute.autocast is not None
     c = 2 if autocast or compute.weights == torch.bfloat16 else 4
-    per_token = decoder_saved_per_token(shape, method, c, autocast, 8, None, width, eager=True)
+    per_token = decoder_saved_per_token(shape, method, c, autocast, 8, None, width, eager=True,
+                                        fused=method == "lora" and not autocast)
     predicted = shape.layers * per_token * rows * width
     residual = 4 if autocast else c
     predicted += decoder_saved_outside_layers(shape, method, residual, rows * width, rows * 20)
+    if method == "lora" and not autocast:  # the fused layers' adapter matrices in the compute dtype
+        predicted += shape.lora_params(8, None) * c
     if autocast:  # bf16 copies of the projection weights, cached by autocast and saved for backward
         predicted += shape.linear_params * 2
     measured = sum(seen.values())

@@ -7,7 +7,7 @@ from tunesmith.data.batching import collate
 from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.train.loop import label_loss_sum
-from tunesmith.train.precision import resolve_compute
+from tunesmith.train.precision import resolve_compute, row_width
 
 
 def test_compute_choices():
@@ -18,6 +18,14 @@ def test_compute_choices():
     assert full.weights == torch.float32 and full.autocast == torch.bfloat16  # fp32 master weights
     assert resolve_compute("auto", "auto", "lora", "cuda").weights == torch.bfloat16
     assert resolve_compute("bf16", "float32", "lora", "cpu").autocast == torch.bfloat16
+
+
+def test_cpu_attention_follows_the_row_length():
+    """Eager for short rows (faster there), SDPA for long ones (eager keeps heads x s x s scores per layer)."""
+    assert resolve_compute("auto", "auto", "lora", "cpu", row_tokens=120).attention == "eager"
+    assert resolve_compute("auto", "auto", "lora", "cpu", row_tokens=512).attention == "sdpa"
+    assert resolve_compute("auto", "auto", "lora", "cuda", row_tokens=512).attention is None
+    assert row_width([10] * 95 + [500] * 5) == 10 and row_width([10] * 85 + [500] * 15) == 500
 
 
 def test_bf16_loss_agrees_with_fp32(tiny_llama):

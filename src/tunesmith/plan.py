@@ -166,11 +166,11 @@ def _file_bytes(model_dir: str, params: int) -> int:
     return sum(f.stat().st_size for f in files) if files else params * 4
 
 
-def _compute(config: ProjectConfig, method: str, device: Device):
+def _compute(config: ProjectConfig, method: str, device: Device, lengths: list[int]):
     """The precision the trainer will use: train/precision.py for generation; classification and regression
     (train/classify.py) keep fp32 weights, under bf16 autocast on CUDA or with train.precision: bf16, and
     transformers' default attention."""
-    from tunesmith.train.precision import Compute, resolve_compute
+    from tunesmith.train.precision import Compute, resolve_compute, row_width
 
     if config.task != "generation":
         import torch
@@ -179,7 +179,7 @@ def _compute(config: ProjectConfig, method: str, device: Device):
         return Compute(torch.float32, torch.bfloat16 if bf16 else None, None)
 
     return resolve_compute(config.train.precision, config.model.dtype, "lora" if method == "qlora" else method,
-                           device.kind)
+                           device.kind, row_width(lengths))
 
 
 def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device: Device, method: str,
@@ -188,7 +188,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     if method == "qlora" and device.kind != "cuda":
         est.note = "CUDA only (method.kind: lora here)"
         return est
-    compute = _compute(config, method, device)
+    compute = _compute(config, method, device, stats.lengths)
     weight_bytes = compute.weights.itemsize
     autocast = compute.autocast is not None
     c = 2 if (autocast or weight_bytes == 2) else weight_bytes  # the dtype the matmuls run in
@@ -217,9 +217,14 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     # attention probabilities, which sends SDPA to its math path on CPU, scores included.
     eager = device.kind == "cpu" and (compute.attention == "eager" or shape.is_encoder)
     saver = encoder_saved_per_token if shape.is_encoder else decoder_saved_per_token
+    # The trainer's fused LoRA layers (train/lora_fast.py) save their inputs in the compute dtype, not fp32 copies.
+    fused = (method == "lora" and config.method.kind == "lora" and config.method.lora_dropout == 0
+             and not autocast and not shape.is_encoder)
     per_token = saver(shape, "full" if method == "full" else "lora", c, autocast, config.method.r, targets, width,
-                      eager)
+                      eager, fused=fused)
     saved = shape.layers * per_token * rows * width
+    if fused:
+        saved += lora * c  # each layer's adapter matrices, cast to the compute dtype and kept for backward
     residual = 4 if autocast else weight_bytes  # the residual stream's dtype: fp32 under autocast
     head = 0.0
     if lm_head:  # final norm, and the chunked LM head on labelled positions only (train/loss.py)
@@ -304,7 +309,7 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
     shape = read_shape(model_dir)
     stats = token_stats(config, model_dir, shape, tokenizer)
     configured = "lora" if config.method.kind == "dora" else config.method.kind
-    compute = _compute(config, configured, device)
+    compute = _compute(config, configured, device, stats.lengths)
     flops, throughput = sustained_flops(device, compute.weights.itemsize == 2 or compute.autocast is not None,
                                         measure)
     mbs = config.train.micro_batch_size
@@ -318,7 +323,7 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
                       "mean_tokens": round(sum(stats.lengths) / len(stats.lengths), 1),
                       "worst_micro_batch": {"rows": rows, "width": width, "labelled_tokens": labelled},
                       "sampled": stats.sampled, "num_labels": stats.num_labels},
-                precision=compute.name + (", eager attention" if compute.attention == "eager" else ""),
+                precision=compute.name + (f", {compute.attention} attention" if compute.attention else ""),
                 throughput=throughput, configured={"method": config.method.kind, "micro_batch_size": mbs},
                 estimates=estimates,
                 recommendation=recommend(config, shape, stats, device, model_dir, flops))

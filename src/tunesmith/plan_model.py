@@ -189,7 +189,7 @@ def _attention_bytes(shape: ModelShape, c: int, s: int, eager: bool) -> float:
 
 
 def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, autocast: bool, lora_r: int,
-                            targets: list[str] | None, s: int, eager: bool) -> float:
+                            targets: list[str] | None, s: int, eager: bool, fused: bool = False) -> float:
     """Bytes one token leaves saved for backward in one decoder layer.
 
     compute_bytes: the dtype the matmuls run in (bf16: 2, fp32: 4). LoRA on bf16 weights: PEFT casts each
@@ -197,6 +197,8 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     nothing (their weight gradient is never computed). SmolLM2, LoRA on bf16, s=120: 44,184 bytes (itemized in
     docs/plan.md); saved_tensors_hooks on a real 8 x 120 batch counted 47,462 per token and layer, of which
     3,277 were the (then unchunked) LM head's log-softmax: 44,185.
+    fused: the trainer's own LoRA layers (train/lora_fast.py) cast the adapter to the compute dtype instead, so
+    each distinct input is saved once in that dtype, and A's output in it too.
     """
     h, i, c = shape.hidden, shape.intermediate, compute_bytes
     # gated MLP: gate output (SiLU input), SiLU output and up output; GPT-2: fc output and gelu output
@@ -209,8 +211,8 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
         norms = 2 * (4 * h + (4 if autocast else c) * h + 4)
         return norms + inputs + attention + mlp
     chosen = targeted(shape.linears, targets)
-    inputs = _input_bytes(chosen, 4, copied=c != 4)
-    lora_mid = 4 * lora_r * len(chosen)  # A's output, saved for B's weight gradient
+    inputs = _input_bytes(chosen, c, copied=False) if fused else _input_bytes(chosen, 4, copied=c != 4)
+    lora_mid = (c if fused else 4) * lora_r * len(chosen)  # A's output, saved for B's weight gradient
     norms = 2 * (4 * h + 4)  # fp32 input and the fp32 scale; the norm weight is frozen
     return norms + inputs + lora_mid + attention + mlp
 
@@ -243,7 +245,7 @@ def head_chunk_bytes(shape: ModelShape, method: str, residual_bytes: int, labell
 
 
 def encoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, autocast: bool, lora_r: int,
-                            targets: list[str] | None, s: int, eager: bool) -> float:
+                            targets: list[str] | None, s: int, eager: bool, fused: bool = False) -> float:
     """Bytes one token leaves saved in one BERT/RoBERTa layer. Dropout (p=0.1 while training) keeps a 1-byte
     mask and the dropped tensor at three places: attention probabilities, attention output, FFN output."""
     h, i, c = shape.hidden, shape.intermediate, compute_bytes

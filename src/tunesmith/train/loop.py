@@ -26,8 +26,9 @@ from tunesmith.models.adapters import apply_method, count_parameters
 from tunesmith.models.load import load_causal_lm
 from tunesmith.redact import redact
 from tunesmith.tracking import MetricsLog
+from tunesmith.train.lora_fast import use_fast_lora
 from tunesmith.train.loss import linear_cross_entropy_sum
-from tunesmith.train.precision import Compute, resolve_compute
+from tunesmith.train.precision import Compute, resolve_compute, row_width
 from tunesmith.train.checkpoint import (checkpoint_name, load_checkpoint, load_weights, newest_loadable,
                                         prune_checkpoints, restore_rng, save_checkpoint, save_weights)
 from tunesmith.train import distributed
@@ -57,19 +58,21 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
+    # No attention mask: collate() pads on the right, so under the causal mask a real token never sees padding
+    # and the padded positions (which carry no label) are never read. Without a mask SDPA takes its fused
+    # causal path; with one it is 20% slower on a CPU. Packed rows pass position ids instead (collate_packed).
     if _is_fsdp(model):
         # FSDP gathers the embeddings and head in the root module's forward hooks, so the root forward must run
         # (whole-vocabulary logits: the price of sharding until the head is sharded separately).
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch.get("position_ids"), use_cache=False).logits
+        logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
         return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum"), int(keep.sum())
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = base.get_decoder()
     head = base.get_output_embeddings()
     # use_cache=False matters for packed rows: transformers derives the per-example (block-diagonal) mask
     # from restarting position ids only when no KV cache is in play.
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                      position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+    hidden = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                      use_cache=False).last_hidden_state
     selected = hidden[:, :-1][keep]
     if type(head) is torch.nn.Linear and head.bias is None:
         # Chunked through the head (train/loss.py): the [labelled tokens x vocab] logits never exist at once.
@@ -179,17 +182,21 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     # (1.8% padding on the support example) and packed rows make eager attention quadratic in the row length.
     packing = cfg.packing if cfg.packing != "auto" else device == "cuda"
 
-    compute = resolve_compute(cfg.precision, config.model.dtype, config.method.kind, device)
+    compute = resolve_compute(cfg.precision, config.model.dtype, config.method.kind, device, row_width(lengths))
     model = load_causal_lm(base_path, compute.weights, compute.attention, allow_pickle=config.model.allow_pickle,
                            trust_remote_code=config.model.trust_remote_code)
     model = apply_method(model, config.method, device).to(device)
     model.config.use_cache = False
+    fused = 0
+    if config.method.kind == "lora" and d.strategy != "fsdp":
+        fused = use_fast_lora(model)  # adapter path in the base dtype, one autograd node per layer
     distributed.broadcast_parameters(model, d)  # ddp: every rank starts from rank 0's adapter init
     model = distributed.shard_model(model, d)  # fsdp: each rank keeps a shard of every layer
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), "
                   f"method {config.method.kind}, device {device}, "
-                  f"{compute.name}")
+                  f"{compute.name}, {compute.attention or 'default'} attention"
+                  + (f", {fused} fused LoRA layers" if fused else ""))
     if d.main:
         check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
     model.train()

@@ -1,0 +1,85 @@
+"""A LoRA linear layer's forward and backward in one autograd function, in the base weights' dtype.
+
+PEFT's LoRA layer casts each input to the adapter's dtype (fp32) before the low-rank path, so with bf16 base
+weights every adapted projection copies its activations to fp32, runs two skinny fp32 GEMMs (rank 16), scales
+the result in a separate pass and adds it back. Profiled on this 2-core CPU (SmolLM2-135M, LoRA r=16 on all
+seven projections, 8 rows x ~240 tokens) those casts, skinny GEMMs and scalings were more than half of the step.
+
+Here the fp32 adapter weights are cast to the activations' dtype instead (a [r x in] and an [out x r] matrix:
+negligible), the scaling is folded into one addmm, and the backward pass computes only the gradients autograd
+asks for. The adapter weights stay fp32 parameters, so the optimizer updates fp32 master weights; only the
+matrix products run in bf16, as under autocast. Measured on one 576 -> 1536 projection, 1,928 tokens, forward +
+backward: PEFT's path 46-57 ms, this one 18-20 ms, the frozen projection alone 10-12 ms.
+
+It applies to the plain case only — one active adapter, no dropout, no DoRA, an nn.Linear base, not merged —
+and falls back to PEFT's forward otherwise (checked per call, so merging or disabling adapters later is safe).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
+        z = x2 @ a.T  # [tokens, r]
+        base = x2 @ weight.T if bias is None else torch.addmm(bias.to(x.dtype), x2, weight.T)
+        y = torch.addmm(base, z, b.T, alpha=scaling)
+        ctx.save_for_backward(x2, z, weight, a, b)
+        ctx.scaling, ctx.dtypes = scaling, (lora_a.dtype, lora_b.dtype)
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, z, weight, a, b = ctx.saved_tensors
+        want_x, _, _, want_a, want_b, _ = ctx.needs_input_grad
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
+        gz = (g @ b).mul_(ctx.scaling)  # d loss / d z, [tokens, r]
+        grad_x = torch.addmm(g @ weight, gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1]) if want_x else None
+        grad_a = (gz.T @ x2).to(ctx.dtypes[0]) if want_a else None
+        grad_b = (g.T @ z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+def _fast_forward(layer, original, x, *args, **kwargs):
+    if args or kwargs or not _plain(layer, x):
+        return original(x, *args, **kwargs)
+    name = layer.active_adapters[0]
+    base = layer.base_layer
+    return _LoraLinear.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
+                             float(layer.scaling[name]))
+
+
+def _plain(layer, x: torch.Tensor) -> bool:
+    """The case _LoraLinear computes exactly like PEFT: anything else goes through PEFT's own forward."""
+    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return False
+    name = layer.active_adapters[0]
+    base = layer.base_layer
+    return (name in layer.lora_A and name not in getattr(layer, "lora_variant", {})
+            and not layer.use_dora.get(name, False)
+            and isinstance(layer.lora_dropout[name], torch.nn.Identity)
+            and not getattr(layer, "lora_bias", {}).get(name, False)
+            and type(base) is torch.nn.Linear and not base.weight.requires_grad
+            and base.weight.dtype == x.dtype and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def use_fast_lora(model) -> int:
+    """Route every PEFT LoRA nn.Linear of `model` through _LoraLinear; returns how many layers were patched."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and not getattr(module, "_tunesmith_fast", False):
+            module.forward = types.MethodType(
+                lambda self, x, *a, _orig=module.forward, **k: _fast_forward(self, _orig, x, *a, **k), module)
+            module._tunesmith_fast = True
+            patched += 1
+    return patched
