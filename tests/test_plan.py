@@ -291,3 +291,23 @@ def test_minilm_classification_predicted_peak_rss_is_within_25_percent(tmp_path,
     # further) without making CI flaky; LoRA on MiniLM and both SmolLM2 cases are held to +/-25%.
     tolerance = TOLERANCE if method == "lora" else 0.35
     assert abs(predicted - measured) / measured <= tolerance, (predicted, measured)
+
+
+def test_token_budget_and_checkpointing_lower_the_predicted_activations(tiny_project):
+    """micro_batch_tokens sizes the heaviest pass by tokens; gradient checkpointing keeps one layer's
+    activations plus each layer's input."""
+    from tunesmith.plan import make_plan
+
+    config = load_config(tiny_project)
+    model_dir = config.model.base
+    base = {e.method: e for e in make_plan(config, model_dir, "cpu:24GB", measure=False).estimates}
+    longest = make_plan(config, model_dir, "cpu:24GB", measure=False).data["longest_row"]
+    config.train.micro_batch_tokens = 2 * longest
+    plan = make_plan(config, model_dir, "cpu:24GB", measure=False)
+    assert plan.configured["micro_batch_size"] == 2
+    budget = {e.method: e for e in plan.estimates}
+    assert budget["lora"].activations_mb < base["lora"].activations_mb
+    config.train.micro_batch_tokens = None
+    config.train.gradient_checkpointing = True
+    checkpointed = {e.method: e for e in make_plan(config, model_dir, "cpu:24GB", measure=False).estimates}
+    assert checkpointed["lora"].activations_mb < base["lora"].activations_mb

@@ -86,6 +86,13 @@ class TrainConfig(_Section):
     lr: float | None = None  # None: the task and method default
     micro_batch_size: int = 8  # rows per forward pass
     global_batch_size: int = 16  # rows per optimizer step; gradient accumulation fills the gap
+    # Token budget per forward pass (generation): micro-batches of length-grouped rows whose padded size
+    # (rows x longest row) stays within it, accumulated until the step has global_batch_size rows. Short rows
+    # then share a pass, long rows get one of their own: memory follows tokens, not rows. None: micro_batch_size.
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    # Recompute each layer's activations in the backward pass instead of keeping them: far less memory for
+    # long rows, about a third more compute.
+    gradient_checkpointing: bool = False
     warmup_fraction: float = 0.05  # share of the optimizer steps spent warming up the learning rate
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

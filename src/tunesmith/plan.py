@@ -222,7 +222,11 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
              and not autocast and not shape.is_encoder)
     per_token = saver(shape, "full" if method == "full" else "lora", c, autocast, config.method.r, targets, width,
                       eager, fused=fused)
-    saved = shape.layers * per_token * rows * width
+    if config.train.gradient_checkpointing:
+        # Each layer keeps only its input; backward recomputes one layer at a time, holding its activations.
+        saved = (shape.layers * shape.hidden * (4 if autocast else weight_bytes) + per_token) * rows * width
+    else:
+        saved = shape.layers * per_token * rows * width
     if fused:
         saved += lora * c  # each layer's adapter matrices, cast to the compute dtype and kept for backward
     residual = 4 if autocast else weight_bytes  # the residual stream's dtype: fp32 under autocast
@@ -313,6 +317,8 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
     flops, throughput = sustained_flops(device, compute.weights.itemsize == 2 or compute.autocast is not None,
                                         measure)
     mbs = config.train.micro_batch_size
+    if config.train.micro_batch_tokens:  # the heaviest pass: as many of the longest rows as the budget holds
+        mbs = max(1, min(config.train.global_batch_size, config.train.micro_batch_tokens // stats.lengths[0]))
     estimates = [estimate(config, shape, stats, device, m, mbs, model_dir, flops) for m in METHODS]
     rows, width, labelled = stats.worst_batch(mbs)
     return Plan(device=device,

@@ -26,6 +26,30 @@ def length_grouped_batches(lengths: list[int], micro_batch_size: int, seed: int)
     return batches
 
 
+def token_budget_split(ids: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """One step's rows as micro-batches of at most `budget` padded tokens (rows x the longest), longest first.
+    A row longer than the budget goes alone: rows are never cut here (max_seq_len already did that)."""
+    micro: list[list[int]] = []
+    for i in sorted(ids, key=lambda i: lengths[i], reverse=True):
+        if micro and (len(micro[-1]) + 1) * lengths[micro[-1][0]] <= budget:
+            micro[-1].append(i)
+        else:
+            micro.append([i])
+    return micro
+
+
+def step_groups(lengths: list[int], micro_batch_size: int, global_batch_size: int, seed: int,
+                micro_batch_tokens: int | None = None) -> list[list[list[int]]]:
+    """One epoch's optimizer steps, each a list of micro-batches (lists of row indices). A pure function of the
+    seed, so a resumed run can skip exactly the steps it has done."""
+    if micro_batch_tokens:
+        steps = length_grouped_batches(lengths, global_batch_size, seed)
+        return [token_budget_split(ids, lengths, micro_batch_tokens) for ids in steps]
+    batches = length_grouped_batches(lengths, micro_batch_size, seed)
+    accum = max(1, global_batch_size // micro_batch_size)
+    return [batches[i:i + accum] for i in range(0, len(batches), accum)]
+
+
 def collate(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row; padding carries attention 0 and label -100."""
     width = max(len(r.input_ids) for r in rows)
@@ -57,13 +81,14 @@ def pack_best_fit(lengths: dict[int, int], indices: list[int], capacity: int) ->
 
 
 def packed_micro_batches(rows: list[Tokenized], indices: list[int], max_seq_len: int,
-                         micro_batch_size: int) -> list[list[list[int]]]:
+                         micro_batch_size: int, token_budget: int | None = None) -> list[list[list[int]]]:
     """One optimizer step's examples packed into rows of at most max_seq_len tokens, grouped into micro-batches
-    that hold no more tokens than the padded micro-batches would (micro_batch_size x the longest example)."""
+    that hold no more tokens than the padded micro-batches would (micro_batch_size x the longest example), or
+    than token_budget when one is set."""
     lengths = {i: len(rows[i].input_ids) for i in indices}
     capacity = max(max(lengths.values()), max_seq_len)
     packed = pack_best_fit(lengths, indices, capacity)
-    budget = micro_batch_size * max(lengths.values())
+    budget = max(token_budget or micro_batch_size * max(lengths.values()), capacity)
     batches: list[list[list[int]]] = [[]]
     for row in packed:
         width = max(sum(lengths[i] for i in r) for r in batches[-1] + [row])

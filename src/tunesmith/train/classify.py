@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tunesmith.config import ProjectConfig
 from tunesmith.console import console, progress_bar
-from tunesmith.data.batching import length_grouped_batches
+from tunesmith.data.batching import step_groups
 from tunesmith.data.encode import LABELS_FILE, TARGETS_FILE, THRESHOLDS_FILE, load_space
 from tunesmith.errors import RunDirError
 from tunesmith.eval.classification import task_metrics, tune_thresholds
@@ -34,7 +34,8 @@ from tunesmith.models.adapters import apply_task_method, describe_parameters, co
 from tunesmith.models.classifier import collate_ids, load_sequence_model, outputs_from_logits
 from tunesmith.train.checkpoint import (load_weights, newest_loadable, prune_checkpoints, restore_rng,
                                         save_checkpoint, save_weights)
-from tunesmith.train.loop import _schedule, accumulation_steps, peak_memory_mb, pick_device
+from tunesmith.train.loop import (_schedule, accumulation_steps, enable_checkpointing, peak_memory_mb,
+                                  pick_device)
 
 # Logged at each epoch end beside eval_loss (prefixed eval_), one or two per task: enough to watch, cheap.
 EPOCH_METRICS = {"classification": ("accuracy", "f1_macro"), "multilabel": ("f1_micro", "f1_macro"),
@@ -113,7 +114,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
     eval_loss) is called after each epoch's evaluation; returning True stops the run there (sweep pruning)."""
     cfg, task = config.train, config.task
     device = pick_device(cfg.device)
-    accum = accumulation_steps(cfg, device)
+    accumulation_steps(cfg, device)  # flushes denormals on a CPU, checks the batch sizes
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -136,6 +137,8 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
     model = apply_task_method(model, config.method, device, heads)
     if config.method.kind != "qlora":  # 4-bit weights already sit on the GPU
         model = model.to(device)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     trainable, total = count_parameters(model)
     console.print(f"{describe_parameters(model, config.method.kind)}, head {'+'.join(heads)}, device {device}, "
                   f"{'bf16 autocast' if bf16 else 'fp32'}")
@@ -143,8 +146,11 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
     weight = class_weights(task, [r["target"] for r in train_rows], model.config.num_labels, cfg.class_weights)
     weight = None if weight is None else weight.to(device)
 
-    micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / accum)
+    def epoch_steps(epoch_index: int) -> list[list[list[int]]]:
+        return step_groups(lengths, cfg.micro_batch_size, cfg.global_batch_size, cfg.seed + epoch_index,
+                           cfg.micro_batch_tokens)
+
+    steps_per_epoch = len(epoch_steps(0))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head_params = [p for n, p in named if _is_head(n, heads)]
@@ -176,8 +182,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
         bar = progress.add_task("training", total=total_steps, completed=step, loss=float("nan"), tps=0.0)
         while step < total_steps:
             epoch_index = step // steps_per_epoch
-            batches = length_grouped_batches(lengths, cfg.micro_batch_size, cfg.seed + epoch_index)
-            steps = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+            steps = epoch_steps(epoch_index)
             for group in steps[step - epoch_index * steps_per_epoch:]:
                 started = time.perf_counter()
                 n_rows = sum(len(ids) for ids in group)  # normalize by the rows of the whole optimizer step

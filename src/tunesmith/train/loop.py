@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tunesmith.config import ProjectConfig
 from tunesmith.console import console, progress_bar
-from tunesmith.data.batching import collate, collate_packed, length_grouped_batches, packed_micro_batches
+from tunesmith.data.batching import collate, collate_packed, packed_micro_batches, step_groups
 from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
 from tunesmith.errors import ConfigError, RunDirError
 from tunesmith.io import sha256_file, write_text_atomic
@@ -79,6 +79,16 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         return linear_cross_entropy_sum(selected, head.weight, labels[keep]), int(keep.sum())
     # A head that adapters wrap (target_modules naming lm_head) runs as a module, logits and all.
     return F.cross_entropy(head(selected).float(), labels[keep], reduction="sum"), int(keep.sum())
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each transformer layer in backward (non-reentrant checkpointing: works with frozen
+    embeddings and LoRA without forcing the inputs to require gradients)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not base.supports_gradient_checkpointing:
+        raise ConfigError(f"this {base.config.model_type} model does not support gradient checkpointing",
+                          "set train.gradient_checkpointing: false")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _is_fsdp(model) -> bool:
@@ -166,7 +176,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         raise ConfigError("an fsdp run keeps no intermediate checkpoints in this version, so --resume, "
                           "train.load_best and early stopping are not available with it",
                           "use train.distributed: ddp (the whole model on each process), or drop those options")
-    accum = accumulation_steps(cfg, device)
+    accumulation_steps(cfg, device)  # flushes denormals on a CPU, checks the batch sizes
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -187,6 +197,8 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                            trust_remote_code=config.model.trust_remote_code)
     model = apply_method(model, config.method, device).to(device)
     model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     fused = 0
     if config.method.kind == "lora" and d.strategy != "fsdp":
         fused = use_fast_lora(model)  # adapter path in the base dtype, one autograd node per layer
@@ -201,8 +213,11 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
     model.train()
 
-    micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / accum)
+    def epoch_steps(epoch_index: int) -> list[list[list[int]]]:
+        return step_groups(lengths, cfg.micro_batch_size, cfg.global_batch_size, cfg.seed + epoch_index,
+                           cfg.micro_batch_tokens)
+
+    steps_per_epoch = len(epoch_steps(0))  # ceil(rows / global_batch_size) either way
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device == "cuda")
@@ -247,13 +262,13 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
             epoch_index = step // steps_per_epoch
             # The batch order is a pure function of seed and epoch, so a resumed run skips exactly the groups
             # the checkpoint's step count says were done.
-            batches = length_grouped_batches(lengths, cfg.micro_batch_size, cfg.seed + epoch_index)
-            groups = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+            groups = epoch_steps(epoch_index)
             for group in groups[step - epoch_index * steps_per_epoch:]:
                 started = time.perf_counter()
                 if packing:
                     examples = [i for ids in group for i in ids]
-                    micro = packed_micro_batches(train_rows, examples, max_seq_len, cfg.micro_batch_size)
+                    micro = packed_micro_batches(train_rows, examples, max_seq_len, cfg.micro_batch_size,
+                                                 cfg.micro_batch_tokens)
                     tensors = [{k: v.to(device) for k, v in collate_packed(
                         [[train_rows[i] for i in row] for row in rows], tokenizer.pad_token_id).items()}
                         for rows in micro]
