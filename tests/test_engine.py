@@ -105,3 +105,17 @@ def test_training_with_a_token_budget_and_checkpointing_runs(tiny_project):
     global_batch = load_config(tiny_project).train.global_batch_size
     assert len(steps) == -(-train_rows // global_batch)  # ceil: one optimizer step per global batch of rows
     assert records[-1]["train_tokens_per_s"] > 0
+
+
+def test_compiled_layers_give_the_same_loss_and_gradients(tiny_llama):
+    """train.compile: torch.compile (inductor, a C++ compiler on CPU) on each layer; same numbers as eager."""
+    from tunesmith.train.loop import compile_layers
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    rows = _rows(tokenizer, 4)
+    plain = _step_gradients(_lora_model(tiny_llama), [rows], tokenizer.pad_token_id)
+    model = _lora_model(tiny_llama)
+    assert compile_layers(model) == 2
+    compiled = _step_gradients(model, [rows], tokenizer.pad_token_id)
+    for name, grad in plain.items():
+        assert torch.allclose(compiled[name], grad, rtol=1e-3, atol=1e-6), name

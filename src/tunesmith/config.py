@@ -93,6 +93,9 @@ class TrainConfig(_Section):
     # Recompute each layer's activations in the backward pass instead of keeping them: far less memory for
     # long rows, about a third more compute.
     gradient_checkpointing: bool = False
+    # torch.compile each transformer layer (dynamic shapes): fuses the element-wise ops around the matmuls. Pays
+    # off on long GPU runs; the first step waits for the compiler (minutes on a small CPU).
+    compile: bool = False
     warmup_fraction: float = 0.05  # share of the optimizer steps spent warming up the learning rate
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

@@ -81,6 +81,18 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return F.cross_entropy(head(selected).float(), labels[keep], reduction="sum"), int(keep.sum())
 
 
+def compile_layers(model) -> int:
+    """torch.compile every transformer layer in place, with dynamic shapes so rows of new lengths reuse the
+    compiled code instead of recompiling; layers of one class share it. Returns how many were compiled."""
+    from tunesmith.models.adapters import transformer_layers
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = transformer_layers(base)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def enable_checkpointing(model) -> None:
     """Recompute each transformer layer in backward (non-reentrant checkpointing: works with frozen
     embeddings and LoRA without forcing the inputs to require gradients)."""
@@ -204,6 +216,8 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         fused = use_fast_lora(model)  # adapter path in the base dtype, one autograd node per layer
     distributed.broadcast_parameters(model, d)  # ddp: every rank starts from rank 0's adapter init
     model = distributed.shard_model(model, d)  # fsdp: each rank keeps a shard of every layer
+    if cfg.compile:
+        compile_layers(model)
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), "
                   f"method {config.method.kind}, device {device}, "
