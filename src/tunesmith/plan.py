@@ -258,7 +258,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
         # The optimizer step: every gradient is live, the heap still holds what the activations occupied (glibc
         # keeps freed heap memory mapped), gradients too big for the heap (mmapped_grad_bytes) come on top, and
         # AdamW's single-tensor loop adds two temporaries of the largest parameter. autocast's bf16 weight copies
-        # are gone by then (its cache is cleared when forward/backward leaves the autocast context).
+        # are gone by then (freed once backward has used them).
         master = weights - (shape.linear_params * 2 * autocast if method == "full" else 0)
         big_grads = mmapped_grad_bytes(shape, method, lm_head)
         step = adamw_step_bytes(shape, method, num_labels, config.method.r, targets)
