@@ -259,3 +259,49 @@ def encoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     chosen = targeted(shape.linears, targets)
     inputs = _input_bytes(chosen, 4, copied=c != 4) + 4 * lora_r * len(chosen)
     return attn + dropouts + layer_norms + gelu + inputs
+
+
+# --- the optimizer step (CPU) ----------------------------------------------------------------------------------
+# glibc serves an allocation of more than 32 MiB (its largest mmap threshold, 4 MiB x sizeof(long) on 64-bit)
+# with its own mmap and unmaps it at free; smaller ones come from the heap, which keeps freed memory mapped. So
+# the gradient of an embedding matrix (SmolLM2: 108 MiB, MiniLM: 45 MiB) never reuses the heap that the freed
+# activations leave behind, while a projection's gradient does.
+MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def largest_trainable(shape: ModelShape, method: str, num_labels: int, lora_r: int,
+                      targets: list[str] | None) -> int:
+    """Elements of the largest trainable tensor: the embedding matrix (vocab x hidden) in full fine-tuning;
+    with LoRA the largest of the adapter matrices and the head trained in full (BERT's pooler, RoBERTa's dense,
+    the classifier)."""
+    projections = max(p.in_features * p.out_features for p in shape.linears)
+    if method == "full":
+        return max(shape.vocab * shape.hidden, projections)
+    chosen = targeted(shape.linears, targets)
+    adapters = max((lora_r * max(p.in_features, p.out_features) for p in chosen), default=0)
+    head = max(shape.hidden * shape.hidden if shape.is_encoder else 0, shape.hidden * num_labels) if num_labels else 0
+    return max(adapters, head)
+
+
+def adamw_step_bytes(shape: ModelShape, method: str, num_labels: int, lora_r: int, targets: list[str] | None,
+                     param_bytes: int = 4) -> int:
+    """The transient of one CPU AdamW step. On CPU torch.optim.AdamW runs its single-tensor loop (foreach and
+    fused kernels are CUDA-only defaults), which per parameter computes
+    `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: the square root and its quotient are two
+    temporaries of the parameter's size alive together. Its peak is therefore two copies of the largest
+    trainable tensor (MiniLM full: 2 x 30,522 x 384 x 4 B = 89.4 MiB, measured +89.3 MiB of RSS during steps
+    3-6; SmolLM2 full: 2 x 108 MiB, measured +216 MiB)."""
+    return 2 * largest_trainable(shape, method, num_labels, lora_r, targets) * param_bytes
+
+
+def mmapped_grad_bytes(shape: ModelShape, method: str, lm_head: bool, param_bytes: int = 4) -> int:
+    """Gradients big enough for their own mmap (above MMAP_THRESHOLD_MAX), which therefore add to the heap the
+    activations left instead of reusing it: full fine-tuning's embedding gradient. A decoder's LM-head weight
+    gradient is left out: the chunked head computes it during forward and decoder_saved_outside_layers counts it
+    with the activations (with tied embeddings it is also the embedding's gradient)."""
+    if method != "full":
+        return 0
+    embedding = shape.vocab * shape.hidden * param_bytes
+    if embedding <= MMAP_THRESHOLD_MAX or (lm_head and shape.tied):
+        return 0
+    return embedding
