@@ -297,7 +297,7 @@ def to_example(row: dict, mapping: Mapping, file: str, line: int,
     """One raw row → Example; raises RowProblem when the row cannot be used."""
     used = set(mapping.columns.values())
     fmt, cols = mapping.format, mapping.columns
-    messages = text = label = labels = target = None
+    messages = text = label = labels = target = targets = None
     if fmt in ("chat", "sharegpt"):
         messages = _conversation(row.get(cols.get("messages", cols.get("conversations"))), fmt == "sharegpt",
                                  warnings)
