@@ -1,11 +1,10 @@
 """Regression with several targets: the three input forms and their row problems, per-target normalization and
-metrics, and one run on minilm-l6 (train → eval → predict → reload → export → serve) where each target is a
-simple function of the text."""
+metrics, and one run on minilm-l6 of examples/reviews_multitarget (train → eval → predict → reload → export →
+serve), where each target is a simple function of the text."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the openai package brings
@@ -179,22 +178,7 @@ def test_metrics_per_target_and_their_mean_match_sklearn():
 
 # ---- integration: minilm-l6, two targets read from the text ------------------------------------------------
 
-QUALITY = {"terrible": 1, "poor": 2, "decent": 3, "good": 4, "excellent": 5}
-SPEED = {"slow": 10, "average": 20, "fast": 30}  # another scale than quality, so normalization matters
-ITEMS = ["lamp", "chair", "kettle", "jacket", "backpack", "blender", "desk", "mug"]
-OPENERS = ["", "Honestly, ", "Overall, ", "In short, "]
-
-
-def review_rows(n: int, seed: int) -> list[dict]:
-    """Reviews whose quality follows one adjective and whose speed follows another."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        q, s, item, opener = rng.choice(list(QUALITY)), rng.choice(list(SPEED)), rng.choice(ITEMS), rng.choice(OPENERS)
-        text = rng.choice([f"{opener}the {item} was {q} and the delivery was {s}.",
-                           f"{opener}delivery was {s}; the {item} itself is {q}."])
-        rows.append({"review": text[0].upper() + text[1:], "quality": QUALITY[q], "speed": SPEED[s]})
-    return rows
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reviews_multitarget" / "project.yaml"
 
 
 def test_minilm_learns_two_targets_and_predicts_serves_and_exports_them(tmp_path):
@@ -203,37 +187,29 @@ def test_minilm_learns_two_targets_and_predicts_serves_and_exports_them(tmp_path
     from tunesmith.models.classifier import load_classifier
     from tunesmith.pipeline import run_project
 
-    train, test = review_rows(160, 0), review_rows(40, 1)
-    (tmp_path / "train.csv").write_text("review,quality,speed\n" + "".join(
-        f"\"{r['review']}\",{r['quality']},{r['speed']}\n" for r in train))
-    write_jsonl(tmp_path / "test.jsonl", test)
-    project = tmp_path / "project.yaml"
-    project.write_text("task: regression\ndata:\n  train: train.csv\n  test: test.jsonl\n"
-                       "  columns: {input: review, target: [quality, speed]}\n  clean: {dedup: none}\n"
-                       "model:\n  base: minilm-l6\ntrain:\n  epochs: 4\n"
-                       f"output: {tmp_path / 'run'}\n")
-    config = load_config(project)
+    # 60 reviews (59 after dedup) from two CSV columns, quality and delivery 1-5, each set by its own phrase
+    config = load_config(EXAMPLE, [f"output={tmp_path / 'run'}"])
     metrics = run_project(config)
     run = Path(config.output)
 
     space = json.loads((run / "targets.json").read_text())
-    assert space["names"] == ["quality", "speed"] and space["normalize"] is True
-    assert 2 < space["mean"][0] < 4 and 15 < space["mean"][1] < 25 and space["std"][1] > 5 * space["std"][0]
+    assert space["names"] == ["quality", "delivery"] and space["normalize"] is True
+    assert all(2 < mean < 4 for mean in space["mean"]) and all(1 < std < 2 for std in space["std"])
     tuned, base = metrics["finetuned"], metrics["base"]
-    assert set(tuned) == {f"{m}{t}" for m in ("mse", "mae", "r2") for t in ("", "/quality", "/speed")}
-    for target in ("quality", "speed"):  # each target beats its mean predictor, not only the average
+    assert set(tuned) == {f"{m}{t}" for m in ("mse", "mae", "r2") for t in ("", "/quality", "/delivery")}
+    for target in ("quality", "delivery"):  # each target beats its mean predictor, not only the average
         assert tuned[f"mse/{target}"] < 0.5 * base[f"mse/{target}"], metrics
         assert tuned[f"r2/{target}"] > 0.5, metrics
-    assert tuned["mse"] == pytest.approx((tuned["mse/quality"] + tuned["mse/speed"]) / 2, abs=1e-5)
+    assert tuned["mse"] == pytest.approx((tuned["mse/quality"] + tuned["mse/delivery"]) / 2, abs=1e-5)
 
     predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 40 and set(predictions[0]["prediction"]) == {"quality", "speed"}
+    assert len(predictions) == 20 and set(predictions[0]["prediction"]) == {"quality", "delivery"}
     assert predictions[0]["reference"].startswith("quality=")
     classifier = load_classifier(run, "cpu")  # reloaded from adapter/ + targets.json
     again = classifier.predict([p["text"] for p in predictions[:5]])
     for a, p in zip(again, predictions):
         assert a["targets"] == pytest.approx(p["prediction"], abs=1e-4)
-        assert a["value"] == pytest.approx([p["prediction"]["quality"], p["prediction"]["speed"]], abs=1e-4)
+        assert a["value"] == pytest.approx([p["prediction"]["quality"], p["prediction"]["delivery"]], abs=1e-4)
 
     # `tunesmith predict`: one row per input, both targets by name
     texts = tmp_path / "texts.jsonl"
@@ -253,8 +229,8 @@ def test_minilm_learns_two_targets_and_predicts_serves_and_exports_them(tmp_path
     from transformers import AutoModelForSequenceClassification
 
     plain = AutoModelForSequenceClassification.from_pretrained(exported)
-    assert plain.config.num_labels == 2 and plain.config.id2label == {0: "quality", 1: "speed"}
-    assert json.loads((exported / "targets.json").read_text())["names"] == ["quality", "speed"]
+    assert plain.config.num_labels == 2 and plain.config.id2label == {0: "quality", 1: "delivery"}
+    assert json.loads((exported / "targets.json").read_text())["names"] == ["quality", "delivery"]
 
     # `tunesmith serve`: POST /v1/classify answers both targets
     served = _serve(run, tmp_path)
