@@ -205,11 +205,12 @@ def candidates(row: dict, columns: dict[str, str | list[str]] | None = None, tas
         target = found["target"]
         roles = {f"target:{c}": c for c in target} if isinstance(target, list) else {"target": target}
         labelled.append(Mapping("text_target", {"text": text, **roles}))
-    if text and found["targets"]:
-        labelled.append(Mapping("text_target", {"text": text, "targets": found["targets"]}))
     if text and found["label"]:
         kind = {"regression": "text_target", "multilabel": "text_labels"}.get(task, "text_label")
         labelled.append(Mapping(kind, {"text": text, kind.split("_")[1]: found["label"]}))
+    # After the label reading: a classification file that happens to carry a `targets` column stays text_label.
+    if text and found["targets"]:
+        labelled.append(Mapping("text_target", {"text": text, "targets": found["targets"]}))
     # Raw text only from a column really named text (or mapped): a prompt without its completion is an error.
     plain = [Mapping("text", {"text": text})] if text and (text == "text" or "input" in columns) else []
     return (generation + labelled if task == "generation" else labelled + generation) + plain

@@ -44,8 +44,10 @@ def compute_stats(examples: list[Example], tokenizer, max_seq_len: int) -> dict:
         stats["target"] = {"min": min(targets), "max": max(targets), "mean": round(float(np.mean(targets)), 4)}
     named = [e.targets for e in examples if e.targets is not None]
     if named:  # several regression targets: the same summary per target
-        stats["targets"] = {name: {"min": min(v), "max": max(v), "mean": round(float(np.mean(v)), 4)}
-                            for name in named[0] for v in [[t[name] for t in named if name in t]]}
+        stats["targets"] = {}
+        for name in named[0]:
+            values = [t[name] for t in named if name in t]
+            stats["targets"][name] = {"min": min(values), "max": max(values), "mean": round(float(np.mean(values)), 4)}
     counts, edges = np.histogram(np.asarray(total), bins=HISTOGRAM_BINS)
     stats["histogram"] = {"edges": [int(e) for e in edges], "counts": [int(c) for c in counts]}
     stats["_lengths"] = total
