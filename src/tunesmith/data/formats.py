@@ -333,8 +333,8 @@ class FileScan:
     target_names: list[str] | None = None  # regression: the targets of the first row, which every row must give
 
 
-def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str | list[str]] | None = None, task: str = "generation",
-              scan: FileScan | None = None) -> Iterator[Example | tuple[Finding, dict | None]]:
+def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
+              task: str = "generation", scan: FileScan | None = None) -> Iterator[Example | tuple[Finding, dict | None]]:
     """Stream one file: each usable row as an Example, each problem as (Finding, the raw row or None), in file
     order (file-level notes such as a BOM come last). Nothing is held but the current row."""
     name = str(path)
