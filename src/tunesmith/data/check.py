@@ -190,8 +190,8 @@ class Scan:
 
 
 def scan(paths: list[Path], fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
-         task: str = "generation", tokenizer=None, max_seq_len: int | None = None, quality: bool = True, keep_examples: bool = False,
-         folder: str | None = None) -> Scan:
+         task: str = "generation", tokenizer=None, max_seq_len: int | None = None, quality: bool = True,
+         keep_examples: bool = False, folder: str | None = None) -> Scan:
     """Read and check files in one streaming pass: rows are checked in chunks of CHUNK_ROWS and only compact
     per-row keys (data/rowindex.py) stay for the checks across rows, which run at the end."""
     log = FindingLog(folder)

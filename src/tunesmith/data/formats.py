@@ -334,7 +334,8 @@ class FileScan:
 
 
 def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
-              task: str = "generation", scan: FileScan | None = None) -> Iterator[Example | tuple[Finding, dict | None]]:
+              task: str = "generation", scan: FileScan | None = None
+              ) -> Iterator[Example | tuple[Finding, dict | None]]:
     """Stream one file: each usable row as an Example, each problem as (Finding, the raw row or None), in file
     order (file-level notes such as a BOM come last). Nothing is held but the current row."""
     name = str(path)
