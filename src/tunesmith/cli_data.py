@@ -30,14 +30,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 SHOWN_PER_CODE = 10
 
 
-def _columns(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
+def _columns(pairs: list[str] | None) -> dict[str, str | list[str]]:
+    out: dict[str, str | list[str]] = {}
     for pair in pairs or []:
         role, _, column = pair.partition("=")
         if role not in ("input", "output", "label", "labels", "target") or not column:
             raise ConfigError(f"--column '{pair}' is not role=column", "roles: input, output, label, labels, "
-                              "target; e.g. --column input=ticket --column label=team")
-        out[role] = column
+                              "target; e.g. --column input=ticket --column label=team (several regression "
+                              "targets: --column target=quality,speed)")
+        # several regression targets, as data.columns {target: [quality, speed]} in a project file
+        out[role] = [c.strip() for c in column.split(",")] if role == "target" and "," in column else column
     return out
 
 

@@ -42,8 +42,9 @@ class DataConfig(_Section):
     format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text_label", "text_labels",
                     "text_target", "text"] = "auto"
     # Which column plays which role when the names are not the usual ones, e.g. {input: ticket, label: team}.
-    # Roles: input, output, label, labels, target.
-    columns: dict[Literal["input", "output", "label", "labels", "target"], str] = {}
+    # Roles: input, output, label, labels, target. Regression with several numeric columns lists them:
+    # {input: review, target: [quality, speed]} (one output per column, named after it).
+    columns: dict[Literal["input", "output", "label", "labels", "target"], str | list[str]] = {}
     clean: CleanConfig = CleanConfig()
     max_seq_len: int | None = None  # None: the task default, clipped to the model's own limit
     eval_fraction: float = 0.1  # share of train split off as eval when data.eval is not given
@@ -51,6 +52,16 @@ class DataConfig(_Section):
     # Personal data in the rows: redact (mask as <EMAIL>, <PHONE>, ...), drop the row, or warn (count, keep).
     # None: follow data.clean.redact_pii (mask -> redact, drop -> drop, off -> nothing). The run card records it.
     pii: Literal["redact", "drop", "warn"] | None = None
+
+    @model_validator(mode="after")
+    def _column_lists(self):
+        # Only regression reads several columns for one role (one output per target); two outputs reading the
+        # same column would be one target counted twice.
+        for role, column in self.columns.items():
+            if isinstance(column, list) and (role != "target" or not column or len(set(column)) != len(column)):
+                raise ValueError(f"data.columns.{role}: only 'target' takes a list, of distinct column names "
+                                 "(e.g. target: [quality, speed]); the other roles name one column")
+        return self
 
 
 class ModelConfig(_Section):

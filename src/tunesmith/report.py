@@ -76,9 +76,10 @@ def metric_rows(metrics: dict) -> list[dict]:
         if not isinstance(tuned, (int, float)) or isinstance(tuned, bool):
             continue  # e.g. a confusion matrix
         delta = metrics["delta"].get(name)
-        better = None if not delta else (delta < 0) == (name in LOWER_IS_BETTER)
+        lower = name.split("/", 1)[0] in LOWER_IS_BETTER  # "mse/quality": one regression target's mse
+        better = None if not delta else (delta < 0) == lower
         rows.append({"name": name, "base": metrics["base"].get(name), "finetuned": tuned, "delta": delta,
-                     "better": better, "lower_is_better": name in LOWER_IS_BETTER})
+                     "better": better, "lower_is_better": lower})
     return rows
 
 

@@ -189,9 +189,9 @@ class Scan:
     examples: list[Example] | None
 
 
-def scan(paths: list[Path], fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation",
-         tokenizer=None, max_seq_len: int | None = None, quality: bool = True, keep_examples: bool = False,
-         folder: str | None = None) -> Scan:
+def scan(paths: list[Path], fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
+         task: str = "generation", tokenizer=None, max_seq_len: int | None = None, quality: bool = True,
+         keep_examples: bool = False, folder: str | None = None) -> Scan:
     """Read and check files in one streaming pass: rows are checked in chunks of CHUNK_ROWS and only compact
     per-row keys (data/rowindex.py) stay for the checks across rows, which run at the end."""
     log = FindingLog(folder)
@@ -279,7 +279,7 @@ def _cross_row_findings(index: RowIndex, generation: bool) -> Iterator[Finding]:
                       f"{MIN_GOOD_EXAMPLES} good examples for a basic task", QUALITY_FIXES["too_few_examples"], [])
 
 
-def check(spec: str | list[str], fmt: str = "auto", columns: dict[str, str] | None = None,
+def check(spec: str | list[str], fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
           task: str = "generation", tokenizer=None, max_seq_len: int | None = None,
           quality: bool = True) -> CheckReport:
     """Read and check files. Files whose names say test/eval/valid/dev are checked for leakage from the rest."""

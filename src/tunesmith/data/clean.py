@@ -179,7 +179,7 @@ def clean_examples(examples: list[Example], options: CleanOptions, result: Clean
 
 
 def clean(spec: str | list[str], out: str | Path, options: CleanOptions, fmt: str = "auto",
-          columns: dict[str, str] | None = None, task: str = "generation", tokenizer=None) -> CleanResult:
+          columns: dict[str, str | list[str]] | None = None, task: str = "generation", tokenizer=None) -> CleanResult:
     """Stream the files through the fixes into a staging file beside OUT (only compact per-row keys stay in
     memory), decide the cross-row removals, then stream the staging file into OUT and the removal log.
     Both appear at once, by rename, when everything has been written."""

@@ -1,9 +1,10 @@
 """Text + label(s) / target rows → token ids and numeric targets, for classification, multilabel and regression.
 
 The label set is read from the training rows (sorted, so the same data always gives the same ids) and saved
-with the run as labels.json; regression targets keep their raw values here, and their mean and standard
-deviation go to targets.json (the loop normalizes with them, prediction undoes it). Eval and test rows whose
-label the training data never shows cannot be scored, so they stop the run with the rows listed.
+with the run as labels.json; regression targets (one or several per row) keep their raw values here, and their
+names, means and standard deviations go to targets.json (the loop normalizes with them, prediction undoes it).
+Eval and test rows whose label (or set of targets) the training data never shows cannot be scored, so they stop
+the run with the rows listed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _example_labels(example: Example) -> list[str]:
 
 
 def task_space(task: str, train: list[Example], normalize: bool = True) -> dict:
-    """What the head predicts: the sorted label set, or the regression target's name and statistics."""
+    """What the head predicts: the sorted label set, or the regression targets' names and statistics (one
+    mean and std per target)."""
     if any(e.text is None for e in train):
         from tunesmith.errors import ConfigError
 
@@ -37,16 +39,24 @@ def task_space(task: str, train: list[Example], normalize: bool = True) -> dict:
                           "give text + label (or labels, or target) columns, map them with data.columns "
                           "(e.g. {input: instruction, label: intent}), or set task: generation")
     if task == "regression":
-        values = [e.target for e in train if e.target is not None]
-        if not values:
+        rows = [e for e in train if e.target_names is not None]
+        if not rows:
             raise DataError("task is regression but no training row has a numeric target",
                             "give rows with text and a number (columns text + target), or map them with "
                             "data.columns: {target: YOUR_COLUMN}")
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        # A constant target has std 0: dividing by it would blow up; 1.0 leaves the values as they are.
-        return {"task": task, "names": ["target"], "mean": [mean], "std": [std if std > 0 else 1.0],
-                "normalize": normalize}
+        # The first row's targets, in its order (the formats check makes every row of a file agree; this
+        # catches training files that disagree with each other).
+        names = rows[0].target_names
+        _check_target_names(train, names, "training")
+        means, stds = [], []
+        for name in names:
+            values = [_values(e)[name] for e in rows]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            # A constant target has std 0: dividing by it would blow up; 1.0 leaves the values as they are.
+            means.append(mean)
+            stds.append(std if std > 0 else 1.0)
+        return {"task": task, "names": names, "mean": means, "std": stds, "normalize": normalize}
     labels = sorted({label for e in train for label in _example_labels(e)})
     if task == "classification" and len(labels) < 2:
         raise DataError(f"task is classification but the training data has {len(labels)} distinct label(s)",
@@ -55,6 +65,22 @@ def task_space(task: str, train: list[Example], normalize: bool = True) -> dict:
         raise DataError(f"task is {task} but no training row carries a label",
                         "give rows with text and labels, or map the columns with data.columns")
     return {"task": task, "labels": labels}
+
+
+def _values(example: Example) -> dict[str, float]:
+    """A regression row's targets by name; the single-target form is named "target"."""
+    return dict(example.targets) if example.targets is not None else {"target": example.target}
+
+
+def _check_target_names(examples: list[Example], names: list[str], role: str) -> None:
+    """Stop on rows whose targets are not the run's: the head has one output per target, in a fixed order."""
+    wrong = [e for e in examples if e.target_names is None or sorted(e.target_names) != sorted(names)]
+    if wrong:
+        where = ", ".join(f"{e.file}:{e.line} ({', '.join(e.target_names or ['none'])})" for e in wrong[:5])
+        raise DataError(f"{len(wrong)} {role} row(s) do not give the run's targets {', '.join(names)}: {where}"
+                        + (" ..." if len(wrong) > 5 else ""),
+                        f"give every row a number for each of {', '.join(names)} (the first training row sets them), "
+                        "or remove the rows")
 
 
 def save_space(run_dir: Path, space: dict) -> None:
@@ -79,6 +105,7 @@ def load_space(folder: Path) -> dict:
 def check_known_labels(examples: list[Example], space: dict, role: str) -> None:
     """Stop on eval/test rows whose labels the training data never shows: the head has no output for them."""
     if space["task"] == "regression":
+        _check_target_names(examples, space["names"], role)
         return
     known = set(space["labels"])
     unseen = [(e, label) for e in examples for label in _example_labels(e) if label not in known]
@@ -98,7 +125,8 @@ def target_of(example: Example, space: dict):
     if space["task"] == "multilabel":
         present = set(_example_labels(example))
         return [1.0 if label in present else 0.0 for label in space["labels"]]
-    return [float(example.target)]
+    values = _values(example)
+    return [float(values[name]) for name in space["names"]]
 
 
 def encode_texts(tokenizer, texts: list[str], max_seq_len: int) -> tuple[list[list[int]], list[bool]]:

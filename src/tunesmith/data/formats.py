@@ -1,19 +1,20 @@
 """Map raw rows of any supported format onto one canonical record type.
 
 Formats: chat (OpenAI `messages`), ShareGPT (`conversations` of from/value), alpaca, prompt/completion, text +
-label, text + labels (multi-label), text + numeric target (regression), raw text. Column names are recognised
-by their usual aliases; `data.columns` maps anything else. Every row that cannot be used becomes a `Finding`
-with the file, the 1-based line, the field and the fix; nothing is dropped without one.
+label, text + labels (multi-label), text + numeric target(s) (regression; parsed in data/targets.py), raw text.
+Column names are recognised by their usual aliases; `data.columns` maps anything else. Every row that cannot be
+used becomes a `Finding` with the file, the 1-based line, the field and the fix; nothing is dropped without one.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith.data.readers import SUFFIXES, read_rows
+from tunesmith.data.rowproblem import RowProblem
+from tunesmith.data.targets import check_targets, parse_targets
 from tunesmith.errors import DataError
 
 GENERATION_FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
@@ -27,6 +28,7 @@ ALIASES = {
     "label": ("label", "category", "intent", "class"),
     "labels": ("labels",),
     "target": ("target", "score"),
+    "targets": ("targets",),  # regression with several named targets: {"quality": 4, "speed": 2}
 }
 LABEL_SEPARATORS = ("|", ";", ",")  # multi-label cells in CSV files: "billing|refund"
 
@@ -49,7 +51,8 @@ class Finding:
 @dataclass
 class Example:
     """The canonical record. Generation rows carry `messages`; classification and regression rows `text` with
-    `label`, `labels` or `target`."""
+    `label`, `labels` or `target`; regression rows with several targets carry `targets` (name → value, in the
+    order of the file's first row) and no `target`."""
 
     messages: list[dict] | None
     file: str
@@ -59,6 +62,14 @@ class Example:
     label: str | None = None
     labels: list[str] | None = None
     target: float | None = None
+    targets: dict[str, float] | None = None
+
+    @property
+    def target_names(self) -> list[str] | None:
+        """The regression targets this row gives: ["target"] for one bare number (the single-target form)."""
+        if self.targets is not None:
+            return list(self.targets)
+        return ["target"] if self.target is not None else None
 
     @property
     def prompt_messages(self) -> list[dict]:
@@ -83,6 +94,8 @@ class Example:
             return "\n".join(m["content"] for m in self.messages if m["role"] == "assistant")
         if self.labels is not None:
             return "|".join(sorted(self.labels))
+        if self.targets is not None:
+            return ", ".join(f"{name}={value!r}" for name, value in self.targets.items())
         return self.label if self.label is not None else "" if self.target is None else repr(self.target)
 
     def texts(self) -> list[tuple[str, str]]:
@@ -93,7 +106,7 @@ class Example:
 
     def to_json(self) -> dict:
         body: dict = {"messages": self.messages} if self.messages is not None else {"text": self.text}
-        for name in ("label", "labels", "target"):
+        for name in ("label", "labels", "target", "targets"):
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         return {**body, **self.meta, "_source": f"{self.file}:{self.line}"}
@@ -104,7 +117,7 @@ class Mapping:
     """Which format a file holds and which column plays which role."""
 
     format: str
-    columns: dict[str, str]
+    columns: dict[str, str]  # role → column; several target columns as "target:NAME" → NAME
 
     def describe(self) -> str:
         roles = ", ".join(f"{role} ← '{column}'" for role, column in self.columns.items())
@@ -129,6 +142,8 @@ FIXES = {
     "trailing_user_turn": "add the assistant's answer, or drop the last user message (it is not trained on)",
     "invalid_weight": "set weight to 0 (not trained on) or 1 (trained on)",
     "invalid_target": "give a finite number",
+    "missing_target": "give every row a number for each target, or remove the row",
+    "extra_target": "give every row the same targets (the file's first row sets them), or remove the row",
     "encoding": "save the file as UTF-8",
     "bom": "save the file as UTF-8 without BOM (harmless here, but other tools read the mark as text)",
     "mixed_newlines": "use one kind of line ending throughout",
@@ -159,13 +174,16 @@ def expand_paths(spec: str | list[str] | None) -> list[Path]:
     return paths
 
 
-def _first(row: dict, role: str, columns: dict[str, str]) -> str | None:
+def _first(row: dict, role: str, columns: dict[str, str | list[str]]) -> str | list[str] | None:
     if role in columns:
-        return columns[role] if columns[role] in row else None
+        wanted = columns[role]
+        if isinstance(wanted, list):  # several target columns: a row with any of them is read as regression,
+            return wanted if any(c in row for c in wanted) else None  # and the absent ones are row problems
+        return wanted if wanted in row else None
     return next((name for name in ALIASES[role] if name in row), None)
 
 
-def candidates(row: dict, columns: dict[str, str] | None = None, task: str = "generation") -> list[Mapping]:
+def candidates(row: dict, columns: dict[str, str | list[str]] | None = None, task: str = "generation") -> list[Mapping]:
     """Every format the row's keys can be read as, the most likely first; `columns` (data.columns) names
     roles explicitly. For a non-generation task, text + label readings come before prompt + completion."""
     columns = dict(columns or {})
@@ -184,28 +202,27 @@ def candidates(row: dict, columns: dict[str, str] | None = None, task: str = "ge
     if text and found["labels"]:
         labelled.append(Mapping("text_labels", {"text": text, "labels": found["labels"]}))
     if text and found["target"]:
-        labelled.append(Mapping("text_target", {"text": text, "target": found["target"]}))
+        target = found["target"]
+        roles = {f"target:{c}": c for c in target} if isinstance(target, list) else {"target": target}
+        labelled.append(Mapping("text_target", {"text": text, **roles}))
     if text and found["label"]:
         kind = {"regression": "text_target", "multilabel": "text_labels"}.get(task, "text_label")
         labelled.append(Mapping(kind, {"text": text, kind.split("_")[1]: found["label"]}))
+    # After the label reading: a classification file that happens to carry a `targets` column stays text_label.
+    if text and found["targets"]:
+        labelled.append(Mapping("text_target", {"text": text, "targets": found["targets"]}))
     # Raw text only from a column really named text (or mapped): a prompt without its completion is an error.
     plain = [Mapping("text", {"text": text})] if text and (text == "text" or "input" in columns) else []
     return (generation + labelled if task == "generation" else labelled + generation) + plain
 
 
-def detect(row: dict, columns: dict[str, str] | None = None, task: str = "generation",
+def detect(row: dict, columns: dict[str, str | list[str]] | None = None, task: str = "generation",
            fmt: str = "auto") -> Mapping | None:
     """The row's format: the most likely reading, or the reading in the forced format `fmt`."""
     options = candidates(row, columns, task)
     if fmt != "auto":
         options = [m for m in options if m.format == fmt]
     return options[0] if options else None
-
-
-class RowProblem(Exception):
-    def __init__(self, field_name: str, code: str, message: str):
-        super().__init__(message)
-        self.field_name, self.code, self.message = field_name, code, message
 
 
 def _text(row: dict, column: str, name: str | None = None) -> str:
@@ -275,7 +292,7 @@ def to_example(row: dict, mapping: Mapping, file: str, line: int,
     """One raw row → Example; raises RowProblem when the row cannot be used."""
     used = set(mapping.columns.values())
     fmt, cols = mapping.format, mapping.columns
-    messages = text = label = labels = target = None
+    messages = text = label = labels = target = targets = None
     if fmt in ("chat", "sharegpt"):
         messages = _conversation(row.get(cols.get("messages", cols.get("conversations"))), fmt == "sharegpt",
                                  warnings)
@@ -301,16 +318,9 @@ def to_example(row: dict, mapping: Mapping, file: str, line: int,
         elif fmt == "text_labels":
             labels = _labels(row.get(cols["labels"]))
         elif fmt == "text_target":
-            value = row.get(cols["target"])
-            try:
-                target = float(value) if not isinstance(value, bool) else math.nan
-            except (TypeError, ValueError):
-                raise RowProblem(cols["target"], "wrong_type", f"'{cols['target']}' is {value!r}, expected a "
-                                 "number") from None
-            if not math.isfinite(target):
-                raise RowProblem(cols["target"], "invalid_target", f"'{cols['target']}' is {value!r}")
+            target, targets = parse_targets(row, cols)
     meta = {k: v for k, v in row.items() if k not in used}
-    return Example(messages, file, line, meta, text, label, labels, target)
+    return Example(messages, file, line, meta, text, label, labels, target, targets)
 
 
 @dataclass
@@ -320,18 +330,21 @@ class FileScan:
     path: str
     mapping: Mapping | None = None
     rows: int = 0
+    target_names: list[str] | None = None  # regression: the targets of the first row, which every row must give
 
 
-def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation",
-              scan: FileScan | None = None) -> Iterator[Example | tuple[Finding, dict | None]]:
+def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
+              task: str = "generation", scan: FileScan | None = None
+              ) -> Iterator[Example | tuple[Finding, dict | None]]:
     """Stream one file: each usable row as an Example, each problem as (Finding, the raw row or None), in file
     order (file-level notes such as a BOM come last). Nothing is held but the current row."""
     name = str(path)
     scan = scan if scan is not None else FileScan(name)
     read, rows = read_rows(path)
 
-    def finding(line: int, field_name: str, code: str, message: str, severity: str = "error") -> Finding:
-        return Finding(name, line, field_name, code, severity, message, FIXES[code])
+    def finding(line: int, field_name: str, code: str, message: str, severity: str = "error",
+                fix: str | None = None) -> Finding:
+        return Finding(name, line, field_name, code, severity, message, fix or FIXES[code])
 
     for raw in rows:
         scan.rows += 1
@@ -343,7 +356,8 @@ def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = No
             detect(raw.data, columns, task, fmt)
         missing = [c for c in mapping.columns.values() if c not in raw.data] if mapping else []
         if mapping and missing and len(missing) < len(mapping.columns):
-            yield finding(raw.line, missing[0], "missing_field",
+            role = next(r for r, c in mapping.columns.items() if c == missing[0])
+            yield finding(raw.line, missing[0], "missing_target" if role.startswith("target:") else "missing_field",
                           f"'{missing[0]}' is missing (the file is {mapping.format})"), raw.data
             continue
         if row_mapping is None:
@@ -360,8 +374,9 @@ def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = No
         warnings: list[tuple[str, str, str]] = []
         try:
             example = to_example(raw.data, mapping, name, raw.line, warnings)
+            check_targets(example, mapping, scan)
         except RowProblem as problem:
-            yield finding(raw.line, problem.field_name, problem.code, problem.message), raw.data
+            yield finding(raw.line, problem.field_name, problem.code, problem.message, fix=problem.fix), raw.data
             continue
         for field_name, code, message in warnings:
             yield finding(raw.line, field_name, code, message, "warning"), None
@@ -372,7 +387,7 @@ def iter_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = No
         yield finding(1, "", "empty_file", "the file holds no rows"), None
 
 
-def read_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None, task: str = "generation"
+def read_file(path: Path, fmt: str = "auto", columns: dict[str, str | list[str]] | None = None, task: str = "generation"
               ) -> tuple[list[Example], list[Finding], Mapping | None, int]:
     """Read one file. Returns (examples, findings, the mapping understood, number of rows)."""
     scan = FileScan(str(path))
@@ -386,7 +401,7 @@ def read_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = No
     return examples, findings, scan.mapping, scan.rows
 
 
-def read_examples(spec: str | list[str], fmt: str = "auto", columns: dict[str, str] | None = None,
+def read_examples(spec: str | list[str], fmt: str = "auto", columns: dict[str, str | list[str]] | None = None,
                   task: str = "generation") -> tuple[list[Example], list[Finding], Mapping | None, int]:
     """Read every file of a data spec; the mapping reported is the first file's."""
     examples: list[Example] = []

@@ -42,6 +42,12 @@ def compute_stats(examples: list[Example], tokenizer, max_seq_len: int) -> dict:
     targets = [e.target for e in examples if e.target is not None]
     if targets:
         stats["target"] = {"min": min(targets), "max": max(targets), "mean": round(float(np.mean(targets)), 4)}
+    named = [e.targets for e in examples if e.targets is not None]
+    if named:  # several regression targets: the same summary per target
+        stats["targets"] = {}
+        for name in named[0]:
+            values = [t[name] for t in named if name in t]
+            stats["targets"][name] = {"min": min(values), "max": max(values), "mean": round(float(np.mean(values)), 4)}
     counts, edges = np.histogram(np.asarray(total), bins=HISTOGRAM_BINS)
     stats["histogram"] = {"edges": [int(e) for e in edges], "counts": [int(c) for c in counts]}
     stats["_lengths"] = total

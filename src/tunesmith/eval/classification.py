@@ -5,7 +5,8 @@ against scikit-learn), with zero where a ratio has no denominator (sklearn's zer
 
 `base` in eval/metrics.json is the prior baseline, what a model that ignores the text scores: the most frequent
 training class (classification), each label predicted when more than half the training rows carry it
-(multilabel), the training mean (regression). A freshly initialized head would score the same or worse, and
+(multilabel), the training mean of each target (regression; per-target metrics as "mse/NAME" beside their mean
+over targets when there are several). A freshly initialized head would score the same or worse, and
 varies with the random seed, so it is no useful reference; the prior is the chance level to beat.
 """
 
@@ -84,17 +85,25 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {k: float(v) for k, v in out.items()}
 
 
-def regression_metrics(y_true, y_pred) -> dict[str, float]:
-    """Averaged over targets when there are several (sklearn's multioutput='uniform_average')."""
+def regression_metrics(y_true, y_pred, names: list[str] | None = None) -> dict[str, float]:
+    """Averaged over targets when there are several (sklearn's multioutput='uniform_average'); with `names` of
+    two or more targets, each target's own as well under "mse/NAME", "r2/NAME", ... (a mean can hide one
+    target the model never learned)."""
     y_true = np.asarray(y_true, dtype=float).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype=float).reshape(len(y_pred), -1)
     err = y_pred - y_true
     mse = (err ** 2).mean(axis=0)
+    mae = np.abs(err).mean(axis=0)
     total = ((y_true - y_true.mean(axis=0)) ** 2).sum(axis=0)
     # sklearn: r2 is 1 for a perfect fit of a constant target, 0 for an imperfect one
     r2 = np.where(total > 0, 1 - (err ** 2).sum(axis=0) / np.where(total > 0, total, 1), np.where(mse == 0, 1.0, 0.0))
-    return {"mse": float(mse.mean()), "rmse": float(np.sqrt(mse).mean()), "mae": float(np.abs(err).mean()),
-            "r2": float(r2.mean())}
+    per_target = {"mse": mse, "rmse": np.sqrt(mse), "mae": mae, "r2": r2}
+    out = {metric: float(values.mean()) for metric, values in per_target.items()}
+    if names is not None and len(names) > 1:
+        assert len(names) == y_true.shape[1], (names, y_true.shape)
+        out.update({f"{metric}/{name}": float(values[j]) for metric, values in per_target.items()
+                    for j, name in enumerate(names)})
+    return out
 
 
 def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, default: float = 0.5) -> list[float]:
@@ -129,7 +138,7 @@ def task_metrics(task: str, space: dict, targets: list, outputs: list[dict]) -> 
         pred = [[label in o["labels"] for label in space["labels"]] for o in outputs]
         return multilabel_metrics(np.asarray(targets), np.asarray(pred).reshape(len(outputs), -1))
     values = [o["value"] for o in outputs]
-    return regression_metrics(targets, values)
+    return regression_metrics(targets, values, space["names"])
 
 
 def _prior_outputs(task: str, space: dict, train_targets: list, n: int) -> list[dict]:
@@ -140,8 +149,10 @@ def _prior_outputs(task: str, space: dict, train_targets: list, n: int) -> list[
     if task == "multilabel":
         share = np.asarray(train_targets, dtype=float).mean(axis=0)
         return [{"labels": [label for label, s in zip(space["labels"], share) if s > 0.5]}] * n
+    from tunesmith.models.classifier import regression_output
+
     mean = np.asarray(train_targets, dtype=float).reshape(len(train_targets), -1).mean(axis=0).tolist()
-    return [{"value": mean[0] if len(mean) == 1 else mean}] * n
+    return [regression_output(mean, space["names"])] * n  # each target's own training mean
 
 
 def select(names: list[str], task: str, values: dict[str, float]) -> dict[str, float]:
@@ -149,7 +160,10 @@ def select(names: list[str], task: str, values: dict[str, float]) -> dict[str, f
     if unknown:
         raise ConfigError(f"eval.metrics names unknown {task} metric(s) {unknown}",
                           f"choose from {', '.join(METRICS[task])} or set eval.metrics: auto")
-    return {n: round(values[n], 6) for n in names}
+    # Per-target regression metrics ("mse/quality") follow their metric: listing mse brings every mse/NAME.
+    out = {n: round(values[n], 6) for n in names}
+    out.update({k: round(v, 6) for k, v in values.items() if "/" in k and k.split("/", 1)[0] in names})
+    return out
 
 
 def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
@@ -175,7 +189,8 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
         for row in read_jsonl(path):
             file, line = row["_source"].rsplit(":", 1)
             examples.append(Example(None, file, int(line), text=row["text"], label=row.get("label"),
-                                    labels=row.get("labels"), target=row.get("target")))
+                                    labels=row.get("labels"), target=row.get("target"),
+                                    targets=row.get("targets")))
         source = json.loads((run_dir / "data" / "stats.json").read_text())["test_source"]
     if config.eval.max_examples:
         examples = examples[: config.eval.max_examples]
@@ -201,7 +216,10 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
     eval_dir = run_dir / "eval"
     rows = []
     for example, target, output in zip(examples, targets, outputs):
-        prediction = output.get("label", output.get("labels", output.get("value")))
+        # several (or named) regression targets: the prediction and reference by name
+        prediction = output.get("label", output.get("labels", output.get("targets", output.get("value"))))
+        if "targets" in output:
+            target = dict(zip(space["names"], target if isinstance(target, list) else [target]))
         # reference and finetuned_output are display strings (the report's columns, shared with generation runs):
         # a label, labels joined by "|" as in a CSV cell, or a number; "prediction" keeps the typed value.
         row = {"source": f"{example.file}:{example.line}", "text": example.text, "input": example.text,
@@ -237,6 +255,8 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
 
 
 def _display(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={_display(v)}" for name, v in value.items())
     if isinstance(value, list):
         return "|".join(_display(v) for v in value)
     return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -28,7 +28,7 @@ from tunesmith.train.precision import resolve_compute
 
 RANK_BY = "rougeL"  # per-example score that ranks improved / hurt examples (always computable, cheap)
 EXAMPLES_LISTED = 5
-_ROW_KEYS = ("messages", "text", "label", "labels", "target", "_source")
+_ROW_KEYS = ("messages", "text", "label", "labels", "target", "targets", "_source")
 
 
 def _examples_from_run(run_dir: Path) -> list[Example]:

@@ -7,7 +7,8 @@ evaluation and serving call.
 
 Classification returns "label" + "probabilities" (softmax), multilabel "labels" (each label whose sigmoid
 probability reaches its tuned threshold) + "probabilities", regression "value" (a float, or a list when there
-are several targets) in the units of the training data.
+are several targets) in the units of the training data, plus "targets" (name → value) when the targets are
+named or several: [{"value": [4.1, 2.3], "targets": {"quality": 4.1, "speed": 2.3}}].
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ PROBLEM_TYPES = {"classification": "single_label_classification", "multilabel": 
 def head_kwargs(space: dict) -> dict:
     """num_labels, id2label/label2id (so the saved config names the classes) and the problem type."""
     if space["task"] == "regression":
-        return {"num_labels": len(space["names"]), "problem_type": PROBLEM_TYPES["regression"]}
+        names = space["names"]
+        # named targets: the exported config says which output is which (the single-target config is unchanged)
+        named = {} if names == ["target"] else {"id2label": dict(enumerate(names)),
+                                                "label2id": {name: i for i, name in enumerate(names)}}
+        return {"num_labels": len(names), "problem_type": PROBLEM_TYPES["regression"], **named}
     labels = space["labels"]
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)}, "problem_type": PROBLEM_TYPES[space["task"]]}
@@ -83,6 +88,14 @@ def collate_ids(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def regression_output(values: list[float], names: list[str]) -> dict:
+    """{"value": 4.2} for the single-target form (the shape clients have always read); with named or several
+    targets also {"targets": {"quality": 4.1, "speed": 2.3}}, beside "value" as the list in that order."""
+    if names == ["target"]:
+        return {"value": values[0]}
+    return {"value": values[0] if len(values) == 1 else list(values), "targets": dict(zip(names, values))}
+
+
 def outputs_from_logits(logits: torch.Tensor, space: dict) -> list[dict]:
     """Logits of a batch → the prediction dicts of the API (probabilities rounded to 6 places)."""
     logits = logits.float()
@@ -90,7 +103,7 @@ def outputs_from_logits(logits: torch.Tensor, space: dict) -> list[dict]:
         values = logits.cpu().tolist()
         if space.get("normalize", True):
             values = [[v * s + m for v, s, m in zip(row, space["std"], space["mean"])] for row in values]
-        return [{"value": row[0] if len(row) == 1 else row} for row in values]
+        return [regression_output(row, space["names"]) for row in values]
     labels = space["labels"]
     if space["task"] == "classification":
         probs = torch.softmax(logits, dim=-1).cpu().tolist()
