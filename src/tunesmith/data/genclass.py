@@ -32,15 +32,32 @@ def chat(system: str, text: str, label: str | None = None) -> list[dict]:
     return messages + ([{"role": "assistant", "content": label}] if label is not None else [])
 
 
-def clip_text(tokenizer, system: str, text: str, budget: int) -> str:
-    """The text cut (at its end) so the prompt leaves `budget` tokens for the answer within max_seq_len: cutting
-    the rendered conversation instead would drop the label, the only part the loss reads."""
-    overhead = len(tokenizer(prompt_text(tokenizer, chat(system, "")), add_special_tokens=False)["input_ids"])
-    room = budget - overhead
+MIN_TEXT_TOKENS = 16  # below this the prompt leaves too little of the text to classify
+
+
+def prompt_overhead(tokenizer, system: str) -> int:
+    """Tokens of the rendered prompt around an empty text: the system prompt with the labels, the turn markers."""
+    return len(tokenizer(prompt_text(tokenizer, chat(system, "")), add_special_tokens=False)["input_ids"])
+
+
+def clip_text(tokenizer, text: str, room: int) -> str:
+    """The text cut at its end to `room` tokens, so the prompt leaves space for the answer within max_seq_len:
+    cutting the rendered conversation instead would drop the label, the only part the loss reads."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if room <= 0 or len(ids) <= room:
-        return text if room > 0 else ""
-    return tokenizer.decode(ids[:room])
+    return text if len(ids) <= room else tokenizer.decode(ids[:room])
+
+
+def text_room(tokenizer, system: str, labels: list[str], max_seq_len: int) -> int:
+    """Tokens left for the text: max_seq_len less the prompt around it and the longest answer."""
+    room = max_seq_len - prompt_overhead(tokenizer, system) - longest_answer(tokenizer, labels)
+    if room < MIN_TEXT_TOKENS:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"data.max_seq_len={max_seq_len} leaves {room} tokens for the text once the prompt "
+                          f"listing the {len(labels)} labels and the longest label are in",
+                          f"raise data.max_seq_len to at least {max_seq_len - room + 64}, or use "
+                          "model.classifier: head for a label set this large")
+    return room
 
 
 def longest_answer(tokenizer, labels: list[str]) -> int:
@@ -60,12 +77,12 @@ def prepare(tokenizer, train: list[Example], held: list[Example], test: list[Exa
     system = system_prompt(space["labels"], preamble)
     space.update({"classifier": "generative", "system_prompt": system})
     save_space(run_dir, space)
-    budget = max_seq_len - longest_answer(tokenizer, space["labels"])
+    room = text_room(tokenizer, system, space["labels"], max_seq_len)
     stats: dict = {}
     for role, examples in (("train", train), ("eval", held)):
         rows, clipped = [], 0
         for e in examples:
-            text = clip_text(tokenizer, system, e.text or "", budget)
+            text = clip_text(tokenizer, e.text or "", room)
             clipped += text != (e.text or "")
             tokens = tokenize_example(tokenizer, chat(system, text, e.label), max_seq_len)
             if tokens is not None:

@@ -61,13 +61,13 @@ class GenerativeClassifier:
     """A causal LM, its tokenizer and the label set (labels.json with the system prompt); the Classifier API."""
 
     def __init__(self, model, tokenizer, space: dict, max_seq_len: int, device: str):
-        from tunesmith.data.genclass import longest_answer
+        from tunesmith.data.genclass import text_room
 
         self.model, self.tokenizer, self.space = model.eval(), tokenizer, space
         self.max_seq_len, self.device = max_seq_len, device
         self.system = space["system_prompt"]
         self.answers = [answer_ids(tokenizer, self.system, label)[1] for label in space["labels"]]
-        self.budget = max_seq_len - longest_answer(tokenizer, space["labels"])
+        self.room = text_room(tokenizer, self.system, space["labels"], max_seq_len)  # as in training
 
     task = property(lambda self: "classification")
     labels = property(lambda self: self.space["labels"])
@@ -76,8 +76,8 @@ class GenerativeClassifier:
         from tunesmith.data.genclass import chat, clip_text
         from tunesmith.data.tokenize import prompt_text
 
-        rendered = [prompt_text(self.tokenizer, chat(self.system, clip_text(self.tokenizer, self.system, t,
-                                                                           self.budget))) for t in texts]
+        rendered = [prompt_text(self.tokenizer, chat(self.system, clip_text(self.tokenizer, t, self.room)))
+                    for t in texts]
         return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
