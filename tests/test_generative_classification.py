@@ -282,3 +282,14 @@ def test_smollm2_generative_tickets_beat_chance(tmp_path):
     # chance is 1/3 (balanced classes); the zero-shot base is measured with the same prompt
     assert metrics["finetuned"]["accuracy"] >= 0.8, metrics
     assert metrics["finetuned"]["accuracy"] >= metrics["base"]["accuracy"], metrics
+
+
+def test_plan_counts_the_chat_rows_not_a_head(tmp_path, tiny_llama):
+    project = write_project(tmp_path, tiny_llama, color_rows(40, 0), color_rows(8, 1))
+    result = cli("plan", project, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)["data"]
+    # an LM head, not a classifier: each row is the prompt with the label list (~95 tokens); only the answer
+    # (the label and the end-of-turn token, a few tokens) is labelled
+    assert data["num_labels"] == 0 and data["longest_row"] > 95
+    assert data["worst_micro_batch"]["labelled_tokens"] < 8 * 6
