@@ -211,7 +211,9 @@ def test_generative_run_end_to_end_and_reload(tmp_path, tiny_llama):
 
     report = cli("report", run)
     assert report.returncode == 0, report.stderr
-    assert (run / "report.html").is_file() and "accuracy" in (run / "report.md").read_text()
+    markdown = (run / "report.md").read_text()
+    assert (run / "report.html").is_file() and "accuracy" in markdown
+    assert f"  - base: {predictions[0]['base_output']}" in markdown  # labels, without a rougeL that is not there
 
     classifier = load_classifier(run, "cpu")
     assert isinstance(classifier, GenerativeClassifier)
@@ -237,6 +239,11 @@ def test_generative_run_end_to_end_and_reload(tmp_path, tiny_llama):
     assert [r["label"] for r in reloaded] == [p["prediction"] for p in predictions]
     for a, b in zip(reloaded, again):
         assert list(a["probabilities"].values()) == pytest.approx(list(b["probabilities"].values()), abs=1e-3)
+
+    result = cli("predict", exported, "--input", texts, "-o", tmp_path / "out2.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["label"] for line in (tmp_path / "out2.jsonl").read_text().splitlines()] == \
+        [p["prediction"] for p in predictions]
 
     # /v1/classify on the export folder (the run directory takes the same loader as head classifiers)
     base, proc = _serve(exported, tmp_path)
