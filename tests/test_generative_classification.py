@@ -136,6 +136,14 @@ def test_scoring_matches_a_full_forward_per_label(tiny_llama, monkeypatch):
     for batch_size, rows in ((1, 64), (2, 3), (3, 1)):  # one prompt at a time, padded batches, one label a pass
         monkeypatch.setattr(genclass, "LABEL_ROWS", rows)
         assert torch.allclose(clf.logits(texts, batch_size), brute, atol=1e-4)
+    # bounded logits: the prompt pass keeps its last position only, a label pass LABEL_ROWS rows of answer steps
+    shapes = []
+    hook = model.register_forward_hook(lambda _m, _args, out: shapes.append(tuple(out.logits.shape)))
+    monkeypatch.setattr(genclass, "LABEL_ROWS", 4)
+    clf.logits(texts, 2)
+    hook.remove()
+    longest = max(len(a) for a in clf.answers)
+    assert shapes[0] == (2, 1, len(tokenizer)) and all(r * w <= 4 * (longest - 1) for r, w, _ in shapes[1:])
     outputs = clf.predict(texts)
     for row, output in zip(brute, outputs):
         assert output["label"] == labels[int(row.argmax())]

@@ -12,9 +12,10 @@ A softmax over the labels' scores gives the probabilities and the argmax the pre
     clf = load_generative_classifier("runs/intents")
     clf.predict(["where is my parcel?"])  # [{"label": "track_order", "probabilities": {...}}]
 
-Memory stays bounded: prompts go in batches of `batch_size` (left-padded, positions from the mask), and the
-labels in chunks of LABEL_ROWS // batch_size, so the largest logits tensor is LABEL_ROWS rows x the longest
-answer x the vocabulary (64 x 8 x 49,152 fp32 = 100 MB for SmolLM2), whatever the number of labels.
+Memory stays bounded: prompts go in batches of `batch_size` (left-padded, positions from the mask) and keep
+only their last position's logits; the labels go in chunks of LABEL_ROWS // batch_size, so the largest logits
+tensor is LABEL_ROWS rows x the longest answer x the vocabulary (64 x 8 x 49,152 fp32 = 100 MB for SmolLM2),
+whatever the number of labels, and the largest KV cache is that of LABEL_ROWS prompt copies.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ class GenerativeClassifier:
         for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
             ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
         ids, mask = ids.to(self.device), mask.to(self.device)
+        # logits_to_keep=1: only the last position's logits (16 prompts x 200 positions x 49,152 fp32 would be
+        # 630 MB for SmolLM2, all but 16 rows of it unused)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each answer's first token
         cache, lengths = out.cache, mask.sum(-1)
         del out
