@@ -209,7 +209,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # model.classifier: generative trains a decoder to write the label, i.e. a generation run on short answers: the
 # generation defaults (decoder base, LoRA lr 2e-4, 2 epochs) fit it, not the encoder head's. 512 tokens hold the
-# system prompt with the label list (27 Bitext intents: ~150 SmolLM2 tokens) and a support message.
+# prompt with the label list (27 Bitext intents: 188 SmolLM2 tokens) and a long support message.
 GENERATIVE_CLASSIFICATION_DEFAULTS: dict[str, Any] = {
     "model.base": "smollm2-135m-instruct", "train.epochs": 2, "train.lr": 2.0e-4, "data.max_seq_len": 512,
     "eval.metrics": TASK_DEFAULTS["classification"]["eval.metrics"]}
