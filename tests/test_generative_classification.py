@@ -192,8 +192,9 @@ def test_generative_run_end_to_end_and_reload(tmp_path, tiny_llama):
     from tunesmith.models.genclass import GenerativeClassifier, load_generative_classifier
     from tunesmith.pipeline import run_project
 
+    # fp32: the run then scores in fp32 like its fp32 export on CPU, so the two can be compared to 1e-3
     project = write_project(tmp_path, tiny_llama, color_rows(48, 0), color_rows(12, 1), "  max_steps: 4",
-                            "  lr: 3.0e-3")
+                            "  lr: 3.0e-3", "  precision: fp32")
     config = load_config(project)
     metrics = run_project(config)
     run = Path(config.output)
