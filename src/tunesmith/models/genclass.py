@@ -153,7 +153,7 @@ class GenerativeClassifier:
 
 def _dtype(device: str, config=None):
     """A run scores in the precision it trained in (bf16 on CUDA and on CPUs with native bf16, as `tunesmith eval`
-    generates): on the shared AVX512-BF16/AMX CPU, fp32 scored Bitext prompts (~200 tokens, 27 labels) at ~4.5 s
+    generates): on the shared AVX512-BF16/AMX CPU, fp32 scored Bitext prompts (~200 tokens, 27 labels) at over 4 s
     a row while bf16 training ran at ~540 tokens/s. An export follows `tunesmith serve`: fp32 on CPU, bf16 on CUDA."""
     if config is None:
         return torch.bfloat16 if device == "cuda" else torch.float32
