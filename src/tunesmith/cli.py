@@ -93,7 +93,8 @@ def train(project: ProjectArg, set_: SetOption = None, resume: ResumeOption = Fa
     if _interrupted(card, project):
         return
     # full fine-tuning of a classification/regression model writes model/, every other run adapter/
-    weights = "model" if config.task != "generation" and config.method.kind == "full" else "adapter"
+    head = config.task != "generation" and config.model.classifier == "head"
+    weights = "model" if head and config.method.kind == "full" else "adapter"
     console.print(f"trained {card['train']['steps']} steps at {card['train']['train_tokens_per_s']:.0f} tokens/s; "
                   f"weights in {Path(config.output) / weights}")
 

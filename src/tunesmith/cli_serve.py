@@ -147,7 +147,9 @@ def predict(source: SourceArg,
 def _task(source: Path) -> str | None:
     """The task of a run directory (None for an exported model folder)."""
     if not (Path(source) / "config.yaml").is_file():
-        return None
+        from tunesmith.serve.loading import is_generative_export
+
+        return "classification" if is_generative_export(Path(source)) else None
     from tunesmith.runs import load_run_config
 
     return load_run_config(Path(source)).task

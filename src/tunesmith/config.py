@@ -73,6 +73,10 @@ class ModelConfig(_Section):
     allow_pickle: bool = False
     # Run the Python code a hub repository ships with its model (custom architectures); off unless set.
     trust_remote_code: bool = False
+    # task: classification only. head: a sequence-classification head on the body (encoders or decoders);
+    # generative: a decoder writes the label as its answer, trained like generation (LoRA, completion-only loss)
+    # and decoded constrained to the label set (docs/tasks.md, models/genclass.py).
+    classifier: Literal["head", "generative"] = "head"
 
 
 class MethodConfig(_Section):
@@ -224,6 +228,12 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "regression": {"model.base": "minilm-l6", "train.epochs": 3, "train.lr": 5.0e-5,
                    "data.max_seq_len": 512, "eval.metrics": ["mse", "mae", "r2"]},
 }
+# model.classifier: generative trains a decoder to write the label, i.e. a generation run on short answers: the
+# generation defaults (decoder base, LoRA lr 2e-4, 2 epochs) fit it, not the encoder head's. 512 tokens hold the
+# prompt with the label list (27 Bitext intents: 188 SmolLM2 tokens) and a long support message.
+GENERATIVE_CLASSIFICATION_DEFAULTS: dict[str, Any] = {
+    "model.base": "smollm2-135m-instruct", "train.epochs": 2, "train.lr": 2.0e-4, "data.max_seq_len": 512,
+    "eval.metrics": TASK_DEFAULTS["classification"]["eval.metrics"]}
 FULL_FINETUNE_LR = 2.0e-5
 # Encoder tasks (classification, multilabel, regression): TASK_DEFAULTS' 5e-5 is the full fine-tuning rate of the
 # BERT paper; adapters move a low-rank slice of each weight and need ~10x more to learn as fast (5e-4, checked on
@@ -362,15 +372,46 @@ def _resolve_paths(value: str | list[str] | None, base: Path) -> str | list[str]
     return str((base / value).resolve()) if not Path(value).is_absolute() else value
 
 
+def is_generative_classifier(raw: dict) -> bool:
+    return (raw.get("model") or {}).get("classifier") == "generative"
+
+
+def task_defaults(task: str, classifier: str = "head") -> dict[str, Any]:
+    """The defaults of a task; generative classification takes the decoder's (see above)."""
+    if task == "classification" and classifier == "generative":
+        return GENERATIVE_CLASSIFICATION_DEFAULTS
+    return TASK_DEFAULTS.get(task, {})
+
+
 def _fill_task_defaults(raw: dict) -> None:
     task = raw.get("task") or "generation"
-    for dotted, default in TASK_DEFAULTS.get(task, {}).items():
+    for dotted, default in task_defaults(task, (raw.get("model") or {}).get("classifier") or "head").items():
         section, key = dotted.split(".")
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}
         if raw[section].get(key) is None:
             raw[section][key] = default
+
+
+def _check_generative(config: ProjectConfig, lines: dict[str, int], source: str) -> None:
+    """model.classifier: generative needs task classification and a decoder (checked here for the embedded
+    models; models/genclass.require_decoder checks any other base once its config.json is at hand)."""
+    if config.model.classifier != "generative":
+        return
+    where = f"{source}:{lines['model.classifier']}" if "model.classifier" in lines else source
+    if config.task != "classification":
+        raise ConfigError(f"model.classifier: generative works with task: classification, not {config.task}",
+                          "set model.classifier: head (the default) for this task, or task: classification",
+                          where=where)
+    from tunesmith.models.registry import EMBEDDED
+
+    embedded = EMBEDDED.get(config.model.base or "")
+    if embedded is not None and embedded.kind != "causal":
+        raise ConfigError(f"model.classifier: generative needs a decoder that writes the label, but model.base "
+                          f"'{config.model.base}' is an encoder",
+                          "set model.classifier: head to train a classification head on it, or use a decoder "
+                          "such as model.base: smollm2-135m-instruct", where=where)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -421,11 +462,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     full_decoder = (raw.get("method") or {}).get("kind") == "full" and raw.get("task", "generation") == "generation"
     if full_decoder and not explicit_lr:
         raw["train"]["lr"] = FULL_FINETUNE_LR
-    encoder_adapters = raw.get("task", "generation") != "generation" and \
+    encoder_adapters = raw.get("task", "generation") != "generation" and not is_generative_classifier(raw) and \
         (raw.get("method") or {}).get("kind", "lora") in ("lora", "dora", "qlora")
     if encoder_adapters and not explicit_lr:
         raw["train"]["lr"] = ENCODER_ADAPTER_LR
     config = _validate(raw, lines, source)
+    _check_generative(config, lines, source)
     _check_sweep_keys(config, lines, source)
     if config.output is None:
         config.output = str(Path("runs") / config.name)

@@ -116,7 +116,11 @@ def prepare_data(config: ProjectConfig, run_dir: Path, tokenizer, base_path: str
 
     stats: dict = {"format": fmt, "max_seq_len": max_len, "eval_source": eval_source, "test_source": test_source}
     data_dir = run_dir / "data"
-    if config.task != "generation":  # text + label(s) / target: encoded for a sequence-classification head
+    if is_generative(config):  # text + label as chat rows: the label is the answer (data/genclass.py)
+        from tunesmith.data import genclass
+
+        stats.update(genclass.prepare(tokenizer, train, held, test, max_len, run_dir, config.data.system_prompt))
+    elif config.task != "generation":  # text + label(s) / target: encoded for a sequence-classification head
         from tunesmith.data.encode import encode_splits
 
         stats.update(encode_splits(config.task, tokenizer, train, held, test, max_len, run_dir,
@@ -231,7 +235,8 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     from tunesmith.plan import enforce_plan
     from tunesmith.train.loop import fit
 
-    if config.task != "generation":  # classification, multilabel, regression: their own loop
+    decoder = config.task == "generation" or is_generative(config)  # trained by train/loop.fit
+    if not decoder:  # classification with a head, multilabel, regression: their own loop
         from tunesmith.train.classify import fit_task as fit
     run_dir = Path(config.output)
     started = time.time()
@@ -239,12 +244,16 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     enforce_plan(config, resolved.path, ignore=ignore_plan)  # before the run directory or any weight is touched
     check_weight_files(resolved.path, config.model.allow_pickle)  # before anything is written
     warn_remote_code(resolved.path, config.model.trust_remote_code)
+    if is_generative(config):
+        from tunesmith.models.genclass import require_decoder
+
+        require_decoder(resolved.path, config.model.base, config.model.trust_remote_code)
     # Under torchrun only rank 0 prepares the run directory; the others wait for it, then train their share.
     from tunesmith.train import distributed
     from tunesmith.train.loop import pick_device
 
     d = distributed.setup(pick_device(config.train.device), config.train.distributed, config.method.kind)
-    if d.enabled and config.task != "generation":
+    if d.enabled and not decoder:
         raise ConfigError(f"task '{config.task}' trains in one process in this version (its loop is not "
                           "distributed yet)", "run it without torchrun / tunesmith launch")
     if d.main:
@@ -253,7 +262,7 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
             check_resume_config(run_dir, config, force)
         write_text_atomic(run_dir / "config.yaml", redact_text(dump_config(config)))
     tokenizer = load_tokenizer(resolved.path, config.model.trust_remote_code)
-    if config.task == "generation":
+    if decoder:
         ensure_chat_template(tokenizer)
     stats = prepare_data(config, run_dir, tokenizer, resolved.path) if d.main else None
     distributed.barrier(d)
@@ -295,6 +304,11 @@ def run_project(config: ProjectConfig, resume: bool = False, force: bool = False
     write_json_atomic(run_dir / "run_card.json", card)
     write_report(run_dir)
     return metrics
+
+
+def is_generative(config: ProjectConfig) -> bool:
+    """Generative classification: a decoder writes the label (model.classifier: generative)."""
+    return config.task == "classification" and config.model.classifier == "generative"
 
 
 def read_run_card(run_dir: Path) -> dict:

@@ -140,7 +140,14 @@ def token_stats(config: ProjectConfig, model_dir: str, shape: ModelShape, tokeni
     max_len = min(config.data.max_seq_len, shape.max_positions)
     rows = len(examples)
     tokenizer = tokenizer or load_tokenizer(model_dir)
-    if config.task != "generation":  # text in, one prediction per row: [CLS] text [SEP] (encoders)
+    generative = config.task == "classification" and config.model.classifier == "generative"
+    if generative:  # the chat rows data/genclass.py trains on: the label list, the text, the label as answer
+        from tunesmith.data.formats import Example
+        from tunesmith.data.genclass import chat, system_prompt
+
+        system = system_prompt(sorted({e.label for e in examples if e.label is not None}), config.data.system_prompt)
+        examples = [Example(chat(system, e.text or "", e.label), e.file, e.line) for e in examples]
+    elif config.task != "generation":  # text in, one prediction per row: [CLS] text [SEP] (encoders)
         encoded = tokenizer([e.input_text for e in examples], truncation=True, max_length=max_len)["input_ids"]
         lengths = sorted((len(ids) for ids in encoded), reverse=True)
         classes = {label for e in examples for label in (e.labels if e.labels is not None else [e.label])}
@@ -180,7 +187,7 @@ def _compute(config: ProjectConfig, method: str, device: Device, lengths: list[i
     transformers' default attention."""
     from tunesmith.train.precision import Compute, resolve_compute, row_width
 
-    if config.task != "generation":
+    if config.task != "generation" and config.model.classifier == "head":
         import torch
 
         bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and device.kind == "cuda")

@@ -166,10 +166,14 @@ def _markdown(report: dict) -> str:
         for row in rows:
             lines.append(f"- **Input** ({row['source']}): {_quote(row['input'])}")
             lines.append(f"  - reference: {_quote(row['reference'])}")
-            if "base_output" in row:
-                lines.append(f"  - base ({row.get('base_rougeL', 0):.2f}): {_quote(row['base_output'])}")
-            lines.append(f"  - fine-tuned ({row.get('finetuned_rougeL', 0):.2f}): {_quote(row['finetuned_output'])}")
+            if "base_output" in row:  # generation runs, and generative classifiers (no per-row rougeL there)
+                lines.append(f"  - base{_row_score(row, 'base')}: {_quote(row['base_output'])}")
+            lines.append(f"  - fine-tuned{_row_score(row, 'finetuned')}: {_quote(row['finetuned_output'])}")
     return "\n".join(lines) + "\n"
+
+
+def _row_score(row: dict, who: str) -> str:
+    return f" ({row[f'{who}_rougeL']:.2f})" if f"{who}_rougeL" in row else ""
 
 
 def write_report(run_dir: Path) -> Path:

@@ -8,6 +8,8 @@ training class (classification), each label predicted when more than half the tr
 (multilabel), the training mean of each target (regression; per-target metrics as "mse/NAME" beside their mean
 over targets when there are several). A freshly initialized head would score the same or worse, and
 varies with the random seed, so it is no useful reference; the prior is the chance level to beat.
+Generative classification (model.classifier: generative) has a real baseline instead: the base decoder itself,
+zero-shot, reading the same prompt (the label list) and scored with the same constrained decoding.
 """
 
 from __future__ import annotations
@@ -204,7 +206,14 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
     names = list(config.eval.metrics) if config.eval.metrics != "auto" else TASK_DEFAULTS[config.task]["eval.metrics"]
     finetuned = select(names, config.task, task_metrics(config.task, space, targets, outputs))
     base: dict[str, float] = {}
-    if config.eval.compare_base:
+    generative = config.task == "classification" and config.model.classifier == "generative"
+    base_outputs: list[dict] = []
+    if config.eval.compare_base and generative:
+        # A real baseline: the base decoder, zero-shot, with the same prompt and the same constrained decoding.
+        with classifier.base():
+            base_outputs = classifier.predict([e.text for e in examples], config.eval.batch_size)
+        base = select(names, config.task, task_metrics(config.task, space, targets, base_outputs))
+    elif config.eval.compare_base:
         train_targets = [row["target"] for row in read_jsonl(run_dir / "data" / "train.tokens.jsonl")]
         if config.task == "regression":
             train_targets = [t[0] if len(t) == 1 else t for t in train_targets]
@@ -229,6 +238,9 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
         if "probabilities" in output:
             row["probabilities"] = output["probabilities"]
         rows.append(row)
+    for row, output in zip(rows, base_outputs):  # generative runs: the zero-shot base decoder's answers
+        row.update({"base_output": output["label"], "base_prediction": output["label"],
+                    "base_probabilities": output["probabilities"]})
     write_jsonl_atomic(eval_dir / "predictions.jsonl", rows)
     if config.task == "classification":
         index = {label: i for i, label in enumerate(space["labels"])}
@@ -247,9 +259,11 @@ def evaluate_task(config, run_dir: Path, data: str | None = None) -> dict:
                 "accuracy": round(column["accuracy"], 6)}
         write_json_atomic(eval_dir / "per_class.json", report)
     write_json_atomic(eval_dir / "metrics.json", result)
-    write_json_atomic(eval_dir / "source.json", {"data": source, "baseline": "prior: " + {
-        "classification": "the most frequent training class", "multilabel": "labels carried by most training rows",
-        "regression": "the training mean"}[config.task]})
+    baseline = "zero-shot: the base decoder with the same prompt, decoding constrained to the labels" \
+        if generative else "prior: " + {"classification": "the most frequent training class",
+                                        "multilabel": "labels carried by most training rows",
+                                        "regression": "the training mean"}[config.task]
+    write_json_atomic(eval_dir / "source.json", {"data": source, "baseline": baseline})
     console.print(f"evaluated {len(examples)} examples from {source} → {eval_dir / 'metrics.json'}")
     return result
 

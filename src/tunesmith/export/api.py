@@ -55,7 +55,22 @@ def _run_examples(source: RunSource) -> list:
     if not path.is_file():
         return []
     rows = read_jsonl(path)[: parity.RUN_PROMPTS]
+    space = _generative_space(source.run_dir)
+    if space is not None:  # text + label rows: the conversation the generative classifier was trained on
+        from tunesmith.data.genclass import chat
+
+        return [Example(chat(space["system_prompt"], row["text"], row["label"]), str(path), i + 1)
+                for i, row in enumerate(rows) if isinstance(row.get("text"), str) and row.get("label")]
     return [Example(row["messages"], str(path), i + 1) for i, row in enumerate(rows) if row.get("messages")]
+
+
+def _generative_space(run_dir: Path) -> dict | None:
+    """labels.json of a generative classification run (None for any other run)."""
+    from tunesmith.data.encode import LABELS_FILE
+
+    path = Path(run_dir) / LABELS_FILE
+    space = json.loads(path.read_text()) if path.is_file() else None
+    return space if space and space.get("classifier") == "generative" else None
 
 
 def _job(run_dir: Path, fmt: str, dtype: str | None, gguf_type: str | None) -> tuple[Format, Job]:
@@ -142,7 +157,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
     out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"'{out}' already exists", "pass --force to replace it, or choose another -o folder")
-    if _task(Path(run_dir)) != "generation":
+    space = _generative_space(Path(run_dir))
+    if _task(Path(run_dir)) != "generation" and space is None:
         return _export_classifier(Path(run_dir), fmt, out)
     spec, job = _job(Path(run_dir), fmt, dtype, gguf_type)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +170,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
         if not result["passed"]:
             raise _failure(fmt, result, out)
         write_json_atomic(folder / PARITY_FILE, result)
+        if space is not None:  # generative classifier: the labels and prompt, so the export reloads as one
+            stats = json.loads((Path(run_dir) / "data" / "stats.json").read_text())
+            write_json_atomic(folder / "labels.json", {**space, "max_seq_len": stats["max_seq_len"]})
         _install(folder, out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # gone already when installed

@@ -41,10 +41,16 @@ def _causal_lm(source: RunSource):
 REFERENCE_LOADERS: dict[str, Callable[[RunSource], object]] = {"generation": _causal_lm}
 
 
+def model_kind(config: ProjectConfig) -> str:
+    """The REFERENCE_LOADERS key: a generative classifier is a plain decoder (its labels travel as labels.json)."""
+    return "generation" if config.task == "classification" and config.model.classifier == "generative" \
+        else config.task
+
+
 def open_run(run_dir: Path, device: str | None = None) -> RunSource:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    if config.task not in REFERENCE_LOADERS:
+    if model_kind(config) not in REFERENCE_LOADERS:
         raise ConfigError(f"'{run_dir}' is a {config.task} run, and export handles generation runs only so far",
                           "export a generation run (task: generation); for this run use its adapter/ folder "
                           "directly with PEFT")
@@ -83,7 +89,7 @@ class Reference:
     model: object = field(default=None)
 
     def load(self) -> Reference:
-        self.model = REFERENCE_LOADERS[self.source.config.task](self.source).to(self.source.device).eval()
+        self.model = REFERENCE_LOADERS[model_kind(self.source.config)](self.source).to(self.source.device).eval()
         return self
 
     def merged(self):

@@ -169,6 +169,10 @@ def load_classifier(run_dir: str | Path, device: str | None = None) -> Classifie
     config = load_run_config(run_dir)
     if config.task == "generation":
         raise RunDirError(f"'{run_dir}' is a generation run", "use the generation API (or `tunesmith chat`)")
+    if config.model.classifier == "generative":  # a decoder that writes the label: scored per label
+        from tunesmith.models.genclass import load_generative_classifier
+
+        return load_generative_classifier(run_dir, device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     folder = weights_dir(run_dir)
     space = load_space(run_dir)

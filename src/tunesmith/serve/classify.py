@@ -41,8 +41,11 @@ def read_texts(path: Path, column: str | None = None) -> list[tuple[dict, str]]:
 
 def classify_rows(run_dir: Path, rows: list[tuple[dict, str]], batch_size: int = 32, on_batch=None) -> list[dict]:
     from tunesmith.models.classifier import load_classifier
+    from tunesmith.models.genclass import load_generative_classifier
 
-    classifier = load_classifier(run_dir)
+    # A run directory, or the export of a generative classifier (a decoder folder with labels.json)
+    classifier = load_classifier(run_dir) if (Path(run_dir) / "config.yaml").is_file() \
+        else load_generative_classifier(run_dir)
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]

@@ -137,6 +137,11 @@ def load_served(source: Path, *, model_id: str | None = None, dtype: str = "auto
         config = load_run_config(source)
         kind, model, tokenizer = LOADERS[config.task](source, config, torch_dtype, device)
         default_id, prompt = config.name, config.data.system_prompt
+    elif is_generative_export(source):  # `tunesmith export` of a generative classifier: /v1/classify
+        from tunesmith.models.genclass import load_generative_classifier
+
+        model = load_generative_classifier(source, device)
+        kind, tokenizer, default_id, prompt = "classify", model.tokenizer, source.resolve().name, None
     elif (source / "config.json").is_file():
         model, tokenizer = _load_export(source, torch_dtype, device)
         kind, default_id, prompt = "generate", source.resolve().name, None
@@ -145,6 +150,13 @@ def load_served(source: Path, *, model_id: str | None = None, dtype: str = "auto
                           "pass the folder `tunesmith train` wrote, or one `tunesmith export --format merged` wrote")
     return Served(kind, model_id or default_id, model, tokenizer, source, system_prompt or prompt,
                   _max_context(model))
+
+
+def is_generative_export(folder: Path) -> bool:
+    """An exported decoder with a generative classifier's labels.json beside it."""
+    labels = Path(folder) / "labels.json"
+    return (Path(folder) / "config.json").is_file() and labels.is_file() and \
+        json.loads(labels.read_text()).get("classifier") == "generative"
 
 
 def render_chat(served: Served, messages: list[dict]) -> list[int]:
