@@ -34,7 +34,7 @@ from tunesmith.models.adapters import apply_task_method, describe_parameters, co
 from tunesmith.models.classifier import collate_ids, load_sequence_model, outputs_from_logits
 from tunesmith.train.checkpoint import (load_weights, newest_loadable, prune_checkpoints, restore_rng,
                                         save_checkpoint, save_weights)
-from tunesmith.train.loop import (_schedule, accumulation_steps, enable_checkpointing, peak_memory_mb,
+from tunesmith.train.loop import (_schedule, enable_checkpointing, prepare_batching, peak_memory_mb,
                                   pick_device)
 
 # Logged at each epoch end beside eval_loss (prefixed eval_), one or two per task: enough to watch, cheap.
@@ -114,7 +114,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
     eval_loss) is called after each epoch's evaluation; returning True stops the run there (sweep pruning)."""
     cfg, task = config.train, config.task
     device = pick_device(cfg.device)
-    accumulation_steps(cfg, device)  # flushes denormals on a CPU, checks the batch sizes
+    prepare_batching(cfg, device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
