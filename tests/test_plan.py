@@ -129,10 +129,15 @@ def test_lora_parameter_count_matches_peft(tiny_llama):
         assert read_shape(tiny_llama).lora_params(8, targets) == trainable
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, method):
+@pytest.mark.parametrize("method, eager_max", [("lora", 256), ("lora", 16), ("full", 256)])
+def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, method, eager_max, monkeypatch):
     """The per-token, per-layer itemization equals what autograd really saves (counted with
-    saved_tensors_hooks), under the precision train/precision.py picks on this CPU."""
+    saved_tensors_hooks), under the precision train/precision.py picks on this CPU. LoRA runs as the trainer runs
+    it on a CPU: fused adapter layers and fused norm/MLP/attention, whose rows of 40 take the matmul attention
+    path, or SDPA with the limit lowered to 16."""
+    import tunesmith.train.fused_layers as fused_layers
+
+    monkeypatch.setattr(fused_layers, "EAGER_MAX_TOKENS", eager_max)
     from tunesmith.config import MethodConfig
     from tunesmith.models.adapters import apply_method
     from tunesmith.models.load import load_causal_lm
@@ -147,6 +152,8 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
         from tunesmith.train.lora_fast import use_fast_lora
 
         assert use_fast_lora(model) > 0
+        if compute.autocast is None:
+            assert fused_layers.use_fused_layers(model)["attention"] > 0
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -166,8 +173,10 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     shape = read_shape(tiny_llama)
     autocast = compute.autocast is not None
     c = 2 if autocast or compute.weights == torch.bfloat16 else 4
-    per_token = decoder_saved_per_token(shape, method, c, autocast, 8, None, width, eager=True,
-                                        fused=method == "lora" and not autocast)
+    layers_fused = method == "lora" and not autocast
+    per_token = decoder_saved_per_token(shape, method, c, autocast, 8, None, width,
+                                        eager=width <= eager_max if layers_fused else True,
+                                        fused=method == "lora" and not autocast, fused_layers=layers_fused)
     predicted = shape.layers * per_token * rows * width
     residual = 4 if autocast else c
     predicted += decoder_saved_outside_layers(shape, method, residual, rows * width, rows * 20)

@@ -29,7 +29,8 @@ from pathlib import Path
 from tunesmith.config import ProjectConfig
 from tunesmith.errors import ConfigError
 from tunesmith.plan_device import Device, parse_device, sustained_flops
-from tunesmith.plan_model import (ModelShape, adamw_step_bytes, classifier_params, decoder_saved_outside_layers,
+from tunesmith.plan_model import (FUSED_LAYER_TYPES, ModelShape, adamw_step_bytes, classifier_params,
+                                  decoder_saved_outside_layers,
                                   decoder_saved_per_token, encoder_saved_per_token, head_chunk_bytes,
                                   mmapped_grad_bytes, read_shape)
 
@@ -231,12 +232,24 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     # Eager attention's s x s scores: decoders on CPU (train/precision.py); encoders train with dropout on the
     # attention probabilities, which sends SDPA to its math path on CPU, scores included.
     eager = device.kind == "cpu" and (compute.attention == "eager" or shape.is_encoder)
-    saver = encoder_saved_per_token if shape.is_encoder else decoder_saved_per_token
     # The trainer's fused LoRA layers (train/lora_fast.py) save their inputs in the compute dtype, not fp32 copies.
     fused = (method == "lora" and config.method.kind == "lora" and config.method.lora_dropout == 0
              and not autocast and not shape.is_encoder)
-    per_token = saver(shape, "full" if method == "full" else "lora", c, autocast, config.method.r, targets, width,
-                      eager, fused=fused)
+    # On a CPU it also replaces the norms, MLP and attention (train/fused_layers.py), whose attention takes the
+    # matmul path for rows up to EAGER_MAX_TOKENS, as the worst batch's rows decide.
+    fused_layers = (method == "lora" and config.method.kind == "lora" and not autocast and lm_head
+                    and device.kind == "cpu" and not config.train.compile and shape.model_type in FUSED_LAYER_TYPES)
+    if fused_layers:
+        from tunesmith.train.precision import EAGER_MAX_TOKENS
+
+        eager = width <= EAGER_MAX_TOKENS
+    if shape.is_encoder:
+        per_token = encoder_saved_per_token(shape, "full" if method == "full" else "lora", c, autocast,
+                                            config.method.r, targets, width, eager, fused=fused)
+    else:
+        per_token = decoder_saved_per_token(shape, "full" if method == "full" else "lora", c, autocast,
+                                            config.method.r, targets, width, eager, fused=fused,
+                                            fused_layers=fused_layers)
     if config.train.gradient_checkpointing:
         # Each layer keeps only its input; backward recomputes one layer at a time, holding its activations.
         saved = (shape.layers * shape.hidden * (4 if autocast else weight_bytes) + per_token) * rows * width
@@ -355,10 +368,17 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
                       "mean_tokens": round(sum(stats.lengths) / len(stats.lengths), 1),
                       "worst_micro_batch": {"rows": rows, "width": width, "labelled_tokens": labelled},
                       "sampled": stats.sampled, "num_labels": stats.num_labels},
-                precision=compute.name + (f", {compute.attention} attention" if compute.attention else ""),
+                precision=compute.name + _attention_name(config, shape, device, compute, stats.num_labels),
                 throughput=throughput, configured={"method": config.method.kind, "micro_batch_size": mbs},
                 estimates=estimates,
                 recommendation=recommend(config, shape, stats, device, model_dir, flops))
+
+
+def _attention_name(config: ProjectConfig, shape: ModelShape, device: Device, compute, num_labels: int) -> str:
+    if (config.method.kind == "lora" and device.kind == "cpu" and compute.autocast is None and not num_labels
+            and not config.train.compile and shape.model_type in FUSED_LAYER_TYPES):
+        return ", fused attention (train/fused_layers.py)"
+    return f", {compute.attention} attention" if compute.attention else ""
 
 
 def enforce_plan(config: ProjectConfig, model_dir: str, ignore: bool = False) -> Plan | None:

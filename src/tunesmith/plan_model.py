@@ -178,18 +178,30 @@ def _input_bytes(linears: list[Linear], dtype_bytes: int, copied: bool) -> int:
     return dtype_bytes * sum(distinct.values())
 
 
-def _attention_bytes(shape: ModelShape, c: int, s: int, eager: bool) -> float:
+# Model types whose norm, MLP and attention the trainer's hand-written passes replace on a CPU
+# (train/fused_layers.py lists the classes).
+FUSED_LAYER_TYPES = {"llama", "mistral", "qwen2"}
+
+
+def _attention_bytes(shape: ModelShape, c: int, s: int, eager: bool, fused_layers: bool = False) -> float:
     """q, and k and v repeated to every query head (GQA), are the two matmuls' inputs. Eager attention also keeps
     the fp32 softmax output and, below fp32, its copy in the compute dtype for probs @ v: the s-squared term.
-    SDPA's fused kernels (CUDA) keep the output and one fp32 log-sum-exp per head instead."""
+    SDPA's fused kernels (CUDA) keep the output and one fp32 log-sum-exp per head instead.
+    fused_layers (train/fused_layers.py): k and v are kept once per key head, and the matmul path keeps only the
+    probabilities, in the compute dtype; its SDPA path keeps q, k, v, the output (the CPU kernel writes it in the
+    layout o_proj reads, so it is o_proj's saved input, counted there) and the log-sum-exp."""
     attn = shape.heads * shape.head_dim
+    if fused_layers:
+        kv = 2 * shape.kv_heads * shape.head_dim * c
+        return attn * c + kv + (shape.heads * s * c if eager else shape.heads * 4)
     if eager:
         return 3 * attn * c + shape.heads * s * (4 + (c if c != 4 else 0))
     return 3 * attn * c + attn * c + shape.heads * 4
 
 
 def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, autocast: bool, lora_r: int,
-                            targets: list[str] | None, s: int, eager: bool, fused: bool = False) -> float:
+                            targets: list[str] | None, s: int, eager: bool, fused: bool = False,
+                            fused_layers: bool = False) -> float:
     """Bytes one token leaves saved for backward in one decoder layer.
 
     compute_bytes: the dtype the matmuls run in (bf16: 2, fp32: 4). LoRA on bf16 weights: PEFT casts each
@@ -199,11 +211,14 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     3,277 were the (then unchunked) LM head's log-softmax: 44,185.
     fused: the trainer's own LoRA layers (train/lora_fast.py) cast the adapter to the compute dtype instead, so
     each distinct input is saved once in that dtype, and A's output in it too.
+    fused_layers: the trainer's RMSNorm / SwiGLU / attention passes (train/fused_layers.py, LoRA on a CPU): each
+    norm keeps its input in the compute dtype, the MLP only the gate and up outputs; s <= the eager limit takes
+    the matmul attention path (eager=True).
     """
     h, i, c = shape.hidden, shape.intermediate, compute_bytes
     # gated MLP: gate output (SiLU input), SiLU output and up output; GPT-2: fc output and gelu output
-    mlp = (2 if shape.model_type == "gpt2" else 3) * i * c
-    attention = _attention_bytes(shape, c, s, eager)
+    mlp = (2 if shape.model_type == "gpt2" or fused_layers else 3) * i * c
+    attention = _attention_bytes(shape, c, s, eager, fused_layers)
     if method == "full":
         # Every projection saves its input for its weight gradient; the norms keep their fp32 input, the
         # normalized output (for the norm weight's gradient) and one fp32 scale per token.
@@ -213,7 +228,7 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     chosen = targeted(shape.linears, targets)
     inputs = _input_bytes(chosen, c, copied=False) if fused else _input_bytes(chosen, 4, copied=c != 4)
     lora_mid = (c if fused else 4) * lora_r * len(chosen)  # A's output, saved for B's weight gradient
-    norms = 2 * (4 * h + 4)  # fp32 input and the fp32 scale; the norm weight is frozen
+    norms = 2 * ((c if fused_layers else 4) * h + 4)  # the input (fp32 copy unless fused), the fp32 scale
     return norms + inputs + lora_mid + attention + mlp
 
 

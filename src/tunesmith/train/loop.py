@@ -26,6 +26,7 @@ from tunesmith.models.adapters import apply_method, count_parameters
 from tunesmith.models.load import load_causal_lm
 from tunesmith.redact import redact
 from tunesmith.tracking import MetricsLog
+from tunesmith.train.fused_layers import EAGER_MAX_TOKENS, use_fused_layers
 from tunesmith.train.lora_fast import use_fast_lora
 from tunesmith.train.loss import linear_cross_entropy_sum
 from tunesmith.train.precision import Compute, resolve_compute, row_width
@@ -210,18 +211,24 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    fused = 0
+    fused, layers = 0, {}
     if config.method.kind == "lora" and d.strategy != "fsdp":
         fused = use_fast_lora(model)  # adapter path in the base dtype, one autograd node per layer
+        if device == "cpu" and compute.autocast is None and not cfg.compile:
+            # hand-written RMSNorm / SwiGLU / attention passes: on a CPU, what torch.compile would fuse
+            layers = use_fused_layers(model)
     distributed.broadcast_parameters(model, d)  # ddp: every rank starts from rank 0's adapter init
     model = distributed.shard_model(model, d)  # fsdp: each rank keeps a shard of every layer
     if cfg.compile:
         compile_layers(model)
     trainable, total = count_parameters(model)
+    attention = (f"fused (matmul up to {EAGER_MAX_TOKENS} tokens per row, SDPA above)" if layers.get("attention")
+                 else compute.attention or "default")
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), "
                   f"method {config.method.kind}, device {device}, "
-                  f"{compute.name}, {compute.attention or 'default'} attention"
-                  + (f", {fused} fused LoRA layers" if fused else ""))
+                  f"{compute.name}, {attention} attention"
+                  + (f", {fused} fused LoRA layers" if fused else "")
+                  + (f", fused norm/MLP/attention ({sum(layers.values())} modules)" if any(layers.values()) else ""))
     if d.main:
         check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
     model.train()

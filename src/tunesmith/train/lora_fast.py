@@ -30,7 +30,7 @@ class _LoraLinear(torch.autograd.Function):
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         z = x2 @ a.T  # [tokens, r]
         base = x2 @ weight.T if bias is None else torch.addmm(bias.to(x.dtype), x2, weight.T)
-        y = torch.addmm(base, z, b.T, alpha=scaling)
+        y = base.addmm_(z, b.T, alpha=scaling)  # in place: addmm(base, ...) would first copy base
         ctx.save_for_backward(x2, z, weight, a, b)
         ctx.scaling, ctx.dtypes = scaling, (lora_a.dtype, lora_b.dtype)
         return y.reshape(*shape[:-1], y.shape[-1])
@@ -41,7 +41,7 @@ class _LoraLinear(torch.autograd.Function):
         want_x, _, _, want_a, want_b, _ = ctx.needs_input_grad
         g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
         gz = (g @ b).mul_(ctx.scaling)  # d loss / d z, [tokens, r]
-        grad_x = torch.addmm(g @ weight, gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1]) if want_x else None
+        grad_x = (g @ weight).addmm_(gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1]) if want_x else None
         grad_a = (gz.T @ x2).to(ctx.dtypes[0]) if want_a else None
         grad_b = (g.T @ z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
         return grad_x, None, None, grad_a, grad_b, None

@@ -1,0 +1,125 @@
+"""The trainer's fused RMSNorm / SwiGLU / RoPE + attention (train/fused_layers.py) compute what the model's own
+layers compute, take their fast path where they should, and fall back where they cannot be exact."""
+
+import pytest
+import torch
+
+from conftest import make_pairs
+from tunesmith.config import MethodConfig
+from tunesmith.data.batching import collate
+from tunesmith.data.tokenize import tokenize_example
+from tunesmith.models.adapters import apply_method
+from tunesmith.models.load import load_causal_lm, load_tokenizer
+import tunesmith.train.fused_layers as fused_layers
+from tunesmith.train.lora_fast import use_fast_lora
+from tunesmith.train.loop import label_loss_sum
+
+
+def _batch(tiny_llama, n=6):
+    tokenizer = load_tokenizer(str(tiny_llama))
+    rows = [tokenize_example(tokenizer, [{"role": "user", "content": r["prompt"]},
+                                         {"role": "assistant", "content": r["completion"]}], 128)
+            for r in make_pairs(n, seed=11)]
+    return collate(rows, tokenizer.pad_token_id)  # right-padded rows of different lengths
+
+
+def _model(tiny_llama, dtype, fused: bool):
+    torch.manual_seed(3)
+    model = apply_method(load_causal_lm(str(tiny_llama), dtype, "eager"), MethodConfig(), "cpu")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.05)  # B starts at zero in PEFT, which would hide a wrong adapter path
+            elif "norm" in name:
+                p.uniform_(0.5, 1.5)  # random init leaves the norm weights at 1, which would hide a wrong scaling
+    use_fast_lora(model)
+    if fused:
+        counts = fused_layers.use_fused_layers(model)
+        assert counts == {"norm": 5, "mlp": 2, "attention": 2}  # 2 layers x 2 norms + the final norm
+    model.train()
+    return model
+
+
+def _loss_and_grads(model, batch):
+    total, n = label_loss_sum(model, batch)
+    (total / n).backward()
+    grads = {k: p.grad.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return float(total.detach()) / n, grads
+
+
+@pytest.mark.parametrize("eager_max", [fused_layers.EAGER_MAX_TOKENS, 4])  # matmul attention, then SDPA
+def test_fused_layers_equal_the_model_in_fp32(tiny_llama, monkeypatch, eager_max):
+    monkeypatch.setattr(fused_layers, "EAGER_MAX_TOKENS", eager_max)
+    batch = _batch(tiny_llama)
+    loss_ref, grads_ref = _loss_and_grads(_model(tiny_llama, torch.float32, fused=False), batch)
+    loss, grads = _loss_and_grads(_model(tiny_llama, torch.float32, fused=True), batch)
+    assert abs(loss - loss_ref) < 1e-5 * abs(loss_ref)
+    assert grads.keys() == grads_ref.keys()
+    for name, grad in grads.items():
+        scale = grads_ref[name].abs().max()
+        assert (grad - grads_ref[name]).abs().max() <= 1e-5 * scale + 1e-9, name
+
+
+def test_fused_bf16_is_as_close_to_fp32_as_the_model_in_bf16(tiny_llama):
+    """bf16 rounds differently in the fused layers (softmax written in bf16, the scale folded into RoPE), so
+    both bf16 paths are measured against the fp32 result: the fused one may not stray further than the model's."""
+    batch = _batch(tiny_llama)
+    truth, truth_grads = _loss_and_grads(_model(tiny_llama, torch.float32, fused=False), batch)
+    plain, plain_grads = _loss_and_grads(_model(tiny_llama, torch.bfloat16, fused=False), batch)
+    fused, fused_grads = _loss_and_grads(_model(tiny_llama, torch.bfloat16, fused=True), batch)
+    assert abs(fused - truth) <= 1.5 * abs(plain - truth) + 2e-3 * truth
+    for name, grad in fused_grads.items():
+        error = (grad - truth_grads[name]).norm() / truth_grads[name].norm()
+        reference = (plain_grads[name] - truth_grads[name]).norm() / truth_grads[name].norm()
+        assert error <= 1.5 * reference + 1e-3, (name, float(error), float(reference))
+
+
+@pytest.mark.parametrize("function, shapes", [
+    (fused_layers._SiluMul.apply, [(3, 5, 8), (3, 5, 8)]),
+    (fused_layers._Rope.apply, [(2, 5, 3, 8), (2, 5, 1, 8), (2, 5, 1, 8)]),
+])
+def test_hand_written_backward_passes_gradcheck(function, shapes):
+    torch.manual_seed(0)
+    inputs = [torch.randn(*s, dtype=torch.float64, requires_grad=i == 0 or function is fused_layers._SiluMul.apply)
+              for i, s in enumerate(shapes)]
+    assert torch.autograd.gradcheck(function, inputs)
+
+
+@pytest.mark.parametrize("weight_grad", [False, True])
+def test_rmsnorm_backward_gradchecks(weight_grad):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = (torch.rand(8, dtype=torch.float64) + 0.5).requires_grad_(weight_grad)
+    assert torch.autograd.gradcheck(lambda a, w: fused_layers._RMSNorm.apply(a, w, 1e-6), (x, weight))
+
+
+def test_fast_paths_run_for_training_and_fall_back_for_masks_and_caches(tiny_llama, monkeypatch):
+    calls = {"attention": 0, "norm": 0, "mlp": 0}
+
+    def counting(name, function):
+        return lambda *a, **k: calls.__setitem__(name, calls[name] + 1) or function(*a, **k)
+
+    monkeypatch.setattr(fused_layers, "causal_attention", counting("attention", fused_layers.causal_attention))
+    monkeypatch.setattr(fused_layers._RMSNorm, "apply", counting("norm", fused_layers._RMSNorm.apply))
+    monkeypatch.setattr(fused_layers._SiluMul, "apply", counting("mlp", fused_layers._SiluMul.apply))
+    plain, fused = _model(tiny_llama, torch.float32, fused=False), _model(tiny_llama, torch.float32, fused=True)
+    label_loss_sum(fused, _batch(tiny_llama, 2))
+    assert calls == {"attention": 2, "norm": 5, "mlp": 2}
+
+    # A padding mask (left-padded batch) and a KV cache (generation) go through the model's own attention,
+    # with the same results as the unpatched model.
+    batch = _batch(tiny_llama, 3)
+    mask = batch["attention_mask"].flip(1)
+    ids = batch["input_ids"].flip(1)
+    calls["attention"] = 0
+    plain.eval(), fused.eval()
+    with torch.no_grad():
+        expected = plain(input_ids=ids, attention_mask=mask).logits
+        got = fused(input_ids=ids, attention_mask=mask).logits
+        assert calls["attention"] == 0
+        real = mask.bool()
+        assert torch.allclose(got[real], expected[real], atol=1e-5)
+        prompt = batch["input_ids"][:1, :5]
+        assert torch.equal(fused.generate(input_ids=prompt, max_new_tokens=6, do_sample=False),
+                           plain.generate(input_ids=prompt, max_new_tokens=6, do_sample=False))
