@@ -11,6 +11,7 @@ from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.adapters import apply_method
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 import tunesmith.train.fused_layers as fused_layers
+import tunesmith.train.lora_fast as lora_fast
 from tunesmith.train.lora_fast import use_fast_lora
 from tunesmith.train.loop import label_loss_sum
 
@@ -23,9 +24,9 @@ def _batch(tiny_llama, n=6):
     return collate(rows, tokenizer.pad_token_id)  # right-padded rows of different lengths
 
 
-def _model(tiny_llama, dtype, fused: bool):
+def _model(tiny_llama, dtype, fused: bool, **method):
     torch.manual_seed(3)
-    model = apply_method(load_causal_lm(str(tiny_llama), dtype, "eager"), MethodConfig(), "cpu")
+    model = apply_method(load_causal_lm(str(tiny_llama), dtype, "eager"), MethodConfig(**method), "cpu")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
@@ -48,12 +49,20 @@ def _loss_and_grads(model, batch):
     return float(total.detach()) / n, grads
 
 
-@pytest.mark.parametrize("eager_max", [fused_layers.EAGER_MAX_TOKENS, 4])  # matmul attention, then SDPA
-def test_fused_layers_equal_the_model_in_fp32(tiny_llama, monkeypatch, eager_max):
+@pytest.mark.parametrize("eager_max, method, groups", [
+    (fused_layers.EAGER_MAX_TOKENS, {}, 4),  # matmul attention; q/k/v and gate/up as grouped LoRA products
+    (4, {}, 4),  # SDPA attention
+    (fused_layers.EAGER_MAX_TOKENS, {"target_modules": ["q_proj", "v_proj"]}, 0),  # k is frozen: one by one
+])
+def test_fused_layers_equal_the_model_in_fp32(tiny_llama, monkeypatch, eager_max, method, groups):
     monkeypatch.setattr(fused_layers, "EAGER_MAX_TOKENS", eager_max)
+    calls = []
+    original = lora_fast._LoraGroup.apply
+    monkeypatch.setattr(lora_fast._LoraGroup, "apply", lambda *a: calls.append(1) or original(*a))
     batch = _batch(tiny_llama)
-    loss_ref, grads_ref = _loss_and_grads(_model(tiny_llama, torch.float32, fused=False), batch)
-    loss, grads = _loss_and_grads(_model(tiny_llama, torch.float32, fused=True), batch)
+    loss_ref, grads_ref = _loss_and_grads(_model(tiny_llama, torch.float32, fused=False, **method), batch)
+    loss, grads = _loss_and_grads(_model(tiny_llama, torch.float32, fused=True, **method), batch)
+    assert len(calls) == groups
     assert abs(loss - loss_ref) < 1e-5 * abs(loss_ref)
     assert grads.keys() == grads_ref.keys()
     for name, grad in grads.items():

@@ -141,7 +141,7 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     from tunesmith.config import MethodConfig
     from tunesmith.models.adapters import apply_method
     from tunesmith.models.load import load_causal_lm
-    from tunesmith.plan_model import read_shape
+    from tunesmith.plan_model import read_shape, saved_adapter_elements
     from tunesmith.train.loop import label_loss_sum
     from tunesmith.train.precision import resolve_compute
 
@@ -181,7 +181,7 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     residual = 4 if autocast else c
     predicted += decoder_saved_outside_layers(shape, method, residual, rows * width, rows * 20)
     if method == "lora" and not autocast:  # the fused layers' adapter matrices in the compute dtype
-        predicted += shape.lora_params(8, None) * c
+        predicted += saved_adapter_elements(shape, 8, None, grouped=True) * c
     if autocast:  # bf16 copies of the projection weights, cached by autocast and saved for backward
         predicted += shape.linear_params * 2
     measured = sum(seen.values())

@@ -32,7 +32,7 @@ from tunesmith.plan_device import Device, parse_device, sustained_flops
 from tunesmith.plan_model import (FUSED_LAYER_TYPES, ModelShape, adamw_step_bytes, classifier_params,
                                   decoder_saved_outside_layers,
                                   decoder_saved_per_token, encoder_saved_per_token, head_chunk_bytes,
-                                  mmapped_grad_bytes, read_shape)
+                                  mmapped_grad_bytes, read_shape, saved_adapter_elements)
 
 MB = 2**20
 # RSS of a `tunesmith train` process just before it loads the model: Python + torch + transformers + peft +
@@ -256,7 +256,8 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     else:
         saved = shape.layers * per_token * rows * width
     if fused:
-        saved += lora * c  # each layer's adapter matrices, cast to the compute dtype and kept for backward
+        # each layer's adapter matrices, cast to the compute dtype and kept for backward
+        saved += saved_adapter_elements(shape, config.method.r, targets, grouped=fused_layers) * c
     residual = 4 if autocast else weight_bytes  # the residual stream's dtype: fp32 under autocast
     head = 0.0
     if lm_head:  # final norm, and the chunked LM head on labelled positions only (train/loss.py)

@@ -79,6 +79,23 @@ def targeted(linears, targets: list[str] | None) -> list[Linear]:
     return [p for p in linears if any(p.name == t or p.name.endswith("." + t) for t in targets)]
 
 
+# Projections that train/lora_fast.group_forward runs as one product when every member is adapted.
+LORA_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def saved_adapter_elements(shape: ModelShape, r: int, targets: list[str] | None, grouped: bool) -> int:
+    """Elements of the adapter matrices the fused LoRA layers keep for backward, cast to the compute dtype: A and
+    B per projection; a group's B as one block-diagonal matrix [sum of outs x sum of ranks] (zeros included)."""
+    chosen = {p.name: p for p in targeted(shape.linears, targets)}
+    per_layer = sum(r * (p.in_features + p.out_features) for p in chosen.values())
+    if grouped:
+        for group in LORA_GROUPS:
+            if all(name in chosen for name in group):
+                outs = sum(chosen[name].out_features for name in group)
+                per_layer += outs * r * len(group) - outs * r  # block-diagonal B instead of the separate Bs
+    return shape.layers * per_layer
+
+
 def classifier_params(shape: ModelShape, num_labels: int) -> int:
     if not shape.is_encoder:  # *ForSequenceClassification decoders: score = Linear(hidden, labels, bias=False)
         return shape.hidden * num_labels

@@ -28,6 +28,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from tunesmith.train.lora_fast import group_forward
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
 # Rows up to EAGER_MAX_TOKENS take the matrix-product attention below; longer rows take SDPA's flash kernel
@@ -110,7 +111,16 @@ class _SiluMul(torch.autograd.Function):
 def _mlp_forward(module, original, x):
     if not _plain_tensor(x) or type(module.act_fn).__name__ not in SILU_CLASSES:
         return original(x)
-    return module.down_proj(_SiluMul.apply(module.gate_proj(x), module.up_proj(x)))
+    return module.down_proj(_SiluMul.apply(*_projections(x, module.gate_proj, module.up_proj)))
+
+
+def _projections(x: torch.Tensor, *layers) -> tuple[torch.Tensor, ...]:
+    """Each layer applied to x: as one grouped LoRA product where all are plain LoRA layers
+    (train/lora_fast.group_forward), else one by one."""
+    joined = group_forward(layers, x)
+    if joined is None:
+        return tuple(layer(x) for layer in layers)
+    return joined.split([layer.out_features for layer in layers], dim=-1)
 
 
 # --- RoPE + causal attention -------------------------------------------------------------------------------------
@@ -166,7 +176,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     kv_heads = k.shape[2]
     groups = heads // kv_heads
     if s > EAGER_MAX_TOKENS:
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        # v may be a slice of the grouped q/k/v product: SDPA keeps its input for backward, which would keep the
+        # whole product alive, so it gets a copy of its own.
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.contiguous().transpose(1, 2),
                                              is_causal=True, scale=scale, enable_gqa=groups > 1)
         return out.transpose(1, 2).reshape(b, s, heads * d)
     # [b, s, kv, g, d] -> [b, kv, g * s, d]; the scale is already in q (see _attention_forward)
@@ -189,9 +201,8 @@ def _attention_forward(module, original, hidden_states, position_embeddings=None
     d = module.head_dim
     cos, sin = position_embeddings  # [b, s, d]
     cos, sin = cos.unsqueeze(2).to(hidden_states.dtype), sin.unsqueeze(2).to(hidden_states.dtype)
-    q = module.q_proj(hidden_states).view(b, s, -1, d)
-    k = module.k_proj(hidden_states).view(b, s, -1, d)
-    v = module.v_proj(hidden_states).view(b, s, -1, d)
+    q, k, v = _projections(hidden_states, module.q_proj, module.k_proj, module.v_proj)
+    q, k, v = q.view(b, s, -1, d), k.view(b, s, -1, d), v.view(b, s, -1, d)
     if s > EAGER_MAX_TOKENS:
         q, scale = _Rope.apply(q, cos, sin), module.scaling
     else:  # fold the softmax scale into q's rotation: a [b, s, d] multiply instead of one over the scores

@@ -47,6 +47,70 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None
 
 
+class _LoraGroup(torch.autograd.Function):
+    """Several LoRA projections of one input (q, k and v; gate and up) as one: y = x @ [W1; W2; ...]^T +
+    z @ blockdiag(s1 B1, s2 B2, ...)^T with z = x @ [A1; A2; ...]^T, so the input is read by one frozen GEMM and
+    one adapter GEMM instead of one of each per projection. Returns the outputs side by side, [..., sum(out)]."""
+
+    @staticmethod
+    def forward(ctx, x, scalings: tuple[float, ...], *params):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        weights, biases = params[0::4], params[1::4]
+        a = torch.cat([p.to(x.dtype) for p in params[2::4]])  # [sum r, in]
+        b = torch.block_diag(*[p.to(x.dtype) * scale for p, scale in zip(params[3::4], scalings)])  # [sum out, sum r]
+        z = x2 @ a.T
+        y = x2 @ torch.cat(weights).T
+        if any(bias is not None for bias in biases):
+            y += torch.cat([bias if bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+                            for bias, w in zip(biases, weights)]).to(x.dtype)
+        y.addmm_(z, b.T)
+        # The concatenated frozen weight is rebuilt in backward rather than kept: it would hold a copy of the
+        # projections' weights for every layer until backward reaches it.
+        ctx.save_for_backward(x2, z, a, b, *weights)
+        ctx.ranks = [p.shape[0] for p in params[2::4]]
+        ctx.outs = [w.shape[0] for w in weights]
+        ctx.dtypes = [p.dtype for p in params[2::4]], [p.dtype for p in params[3::4]]
+        ctx.scalings = scalings
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, z, a, b, *weights = ctx.saved_tensors
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
+        gz = g @ b  # d loss / d z, scalings included, [tokens, sum r]
+        grads: list = [None] * (4 * len(weights))
+        if any(ctx.needs_input_grad[2:]):  # the adapters (the frozen weights and biases never need one)
+            grad_a = (gz.T @ x2).split(ctx.ranks)
+            grad_b = g.T @ z  # [sum out, sum r]: only the diagonal blocks are B's gradients
+            out0 = r0 = 0
+            for i, (out, r) in enumerate(zip(ctx.outs, ctx.ranks)):
+                grads[4 * i + 2] = grad_a[i].to(ctx.dtypes[0][i])
+                grads[4 * i + 3] = (grad_b[out0:out0 + out, r0:r0 + r] * ctx.scalings[i]).to(ctx.dtypes[1][i])
+                out0, r0 = out0 + out, r0 + r
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ torch.cat(weights)).addmm_(gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1])
+        return grad_x, None, *grads
+
+
+def group_forward(layers, x: torch.Tensor) -> torch.Tensor | None:
+    """The outputs of LoRA projections that all read x, side by side ([..., sum of out_features]), through
+    _LoraGroup; None when any of them is not in the plain state _LoraLinear handles (the caller then runs
+    them one by one)."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    if not all(isinstance(layer, LoraLinear) and _plain(layer, x) for layer in layers):
+        return None
+    params, scalings = [], []
+    for layer in layers:
+        name = layer.active_adapters[0]
+        base = layer.base_layer
+        params += [base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight]
+        scalings.append(float(layer.scaling[name]))
+    return _LoraGroup.apply(x, tuple(scalings), *params)
+
+
 def _fast_forward(layer, original, x, *args, **kwargs):
     if args or kwargs or not _plain(layer, x):
         return original(x, *args, **kwargs)
