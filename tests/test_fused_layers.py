@@ -36,7 +36,12 @@ def _model(tiny_llama, dtype, fused: bool, **method):
     use_fast_lora(model)
     if fused:
         counts = fused_layers.use_fused_layers(model)
-        assert counts == {"norm": 5, "mlp": 2, "attention": 2}  # 2 layers x 2 norms + the final norm
+        assert counts == {"norm": 5, "mlp": 2, "attention": 2}
+        if not method:  # every projection adapted: q/k/v and gate/up weights now share one buffer each
+            layer = model.get_base_model().model.layers[0]
+            assert lora_fast._joined_weight([layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                             layer.self_attn.v_proj]) is not None
+            assert lora_fast._joined_weight([layer.mlp.gate_proj, layer.mlp.up_proj]) is not None  # 2 layers x 2 norms + the final norm
     model.train()
     return model
 

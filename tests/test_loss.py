@@ -54,3 +54,17 @@ def test_no_labelled_tokens_is_a_zero_loss_that_still_backpropagates():
     loss = linear_cross_entropy_sum(hidden, weight, torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0 and hidden.grad.shape == (0, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_label_far_below_the_top_logit_keeps_a_finite_exact_loss(dtype):
+    """Training reads the loss off the softmax it uses as gradient; a label whose probability underflows there
+    (here ~200 nats below the top logit) is taken from an exact log_softmax instead of giving -log(0)."""
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype, requires_grad=True)
+    weight = torch.tensor([[200.0, 0.0], [0.0, 0.0], [0.0, 3.0]], dtype=dtype)
+    labels = torch.tensor([1, 2])  # row 0: label 200 below the top; row 1: an ordinary label
+    loss = linear_cross_entropy_sum(hidden, weight, labels)
+    loss.backward()
+    reference = plain(hidden.detach().float(), weight.float(), labels)
+    assert torch.isfinite(loss) and abs(loss.item() - reference.item()) < 1e-2 * reference.item()
+    assert torch.isfinite(hidden.grad).all()

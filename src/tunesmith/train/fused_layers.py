@@ -28,7 +28,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train.lora_fast import group_forward
+from tunesmith.train.lora_fast import group_forward, join_frozen_weights
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
 # Rows up to EAGER_MAX_TOKENS take the matrix-product attention below; longer rows take SDPA's flash kernel
@@ -224,6 +224,10 @@ def use_fused_layers(model) -> dict[str, int]:
             continue
         for kind, classes, wrapper in wrappers:
             if type(module).__name__ in classes:
+                if kind == "attention":
+                    join_frozen_weights([module.q_proj, module.k_proj, module.v_proj])
+                elif kind == "mlp":
+                    join_frozen_weights([module.gate_proj, module.up_proj])
                 module.forward = types.MethodType(
                     lambda self, *a, _orig=module.forward, _w=wrapper, **k: _w(self, _orig, *a, **k), module)
                 module._tunesmith_fused = True

@@ -53,21 +53,19 @@ class _LoraGroup(torch.autograd.Function):
     one adapter GEMM instead of one of each per projection. Returns the outputs side by side, [..., sum(out)]."""
 
     @staticmethod
-    def forward(ctx, x, scalings: tuple[float, ...], *params):
+    def forward(ctx, x, joined, scalings: tuple[float, ...], *params):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         weights, biases = params[0::4], params[1::4]
         a = torch.cat([p.to(x.dtype) for p in params[2::4]])  # [sum r, in]
         b = torch.block_diag(*[p.to(x.dtype) * scale for p, scale in zip(params[3::4], scalings)])  # [sum out, sum r]
         z = x2 @ a.T
-        y = x2 @ torch.cat(weights).T
+        y = x2 @ joined.T
         if any(bias is not None for bias in biases):
             y += torch.cat([bias if bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
                             for bias, w in zip(biases, weights)]).to(x.dtype)
         y.addmm_(z, b.T)
-        # The concatenated frozen weight is rebuilt in backward rather than kept: it would hold a copy of the
-        # projections' weights for every layer until backward reaches it.
-        ctx.save_for_backward(x2, z, a, b, *weights)
+        ctx.save_for_backward(x2, z, a, b, joined)
         ctx.ranks = [p.shape[0] for p in params[2::4]]
         ctx.outs = [w.shape[0] for w in weights]
         ctx.dtypes = [p.dtype for p in params[2::4]], [p.dtype for p in params[3::4]]
@@ -76,11 +74,11 @@ class _LoraGroup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, z, a, b, *weights = ctx.saved_tensors
+        x2, z, a, b, joined = ctx.saved_tensors
         g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
         gz = g @ b  # d loss / d z, scalings included, [tokens, sum r]
-        grads: list = [None] * (4 * len(weights))
-        if any(ctx.needs_input_grad[2:]):  # the adapters (the frozen weights and biases never need one)
+        grads: list = [None] * (4 * len(ctx.outs))
+        if any(ctx.needs_input_grad[3:]):  # the adapters (the frozen weights and biases never need one)
             grad_a = (gz.T @ x2).split(ctx.ranks)
             grad_b = g.T @ z  # [sum out, sum r]: only the diagonal blocks are B's gradients
             out0 = r0 = 0
@@ -90,8 +88,46 @@ class _LoraGroup(torch.autograd.Function):
                 out0, r0 = out0 + out, r0 + r
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ torch.cat(weights)).addmm_(gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1])
-        return grad_x, None, *grads
+            grad_x = (g @ joined).addmm_(gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1])
+        return grad_x, None, None, *grads
+
+
+def join_frozen_weights(layers) -> bool:
+    """Store the frozen base weights of LoRA projections that read one input (q, k, v) in one buffer, each
+    weight becoming a view of its rows, so _LoraGroup multiplies by the joined matrix without concatenating it
+    at every call (a 3.5 MB copy per MLP and pass, 6% of a SmolLM2 step) and without a second copy in memory.
+    Returns whether the layers were joined."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    if not all(isinstance(layer, LoraLinear) for layer in layers):
+        return False
+    weights = [layer.base_layer.weight for layer in layers]
+    first = weights[0]
+    if any(w.requires_grad or w.dtype != first.dtype or w.device != first.device or w.dim() != 2
+           or w.shape[1] != first.shape[1] for w in weights):
+        return False
+    buffer = torch.cat([w.detach() for w in weights])
+    start = 0
+    for w in weights:
+        w.data = buffer[start:start + w.shape[0]]
+        start += w.shape[0]
+    layers[0]._tunesmith_joined = buffer
+    return True
+
+
+def _joined_weight(layers) -> torch.Tensor | None:
+    """The buffer join_frozen_weights made, if every weight is still the view it set (loading a state dict or
+    moving the model replaces them)."""
+    buffer = getattr(layers[0], "_tunesmith_joined", None)
+    if buffer is None:
+        return None
+    start = 0
+    for layer in layers:
+        w = layer.base_layer.weight
+        if w.data_ptr() != buffer[start].data_ptr() or not w.is_contiguous():
+            return None
+        start += w.shape[0]
+    return buffer if start == buffer.shape[0] else None
 
 
 def group_forward(layers, x: torch.Tensor) -> torch.Tensor | None:
@@ -108,7 +144,10 @@ def group_forward(layers, x: torch.Tensor) -> torch.Tensor | None:
         base = layer.base_layer
         params += [base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight]
         scalings.append(float(layer.scaling[name]))
-    return _LoraGroup.apply(x, tuple(scalings), *params)
+    joined = _joined_weight(layers)
+    if joined is None:
+        joined = torch.cat([layer.base_layer.weight for layer in layers])
+    return _LoraGroup.apply(x, joined, tuple(scalings), *params)
 
 
 def _fast_forward(layer, original, x, *args, **kwargs):

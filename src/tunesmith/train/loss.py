@@ -24,19 +24,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for lo in range(0, hidden.shape[0], chunk):
             h, y = hidden[lo:lo + chunk], labels[lo:lo + chunk]
-            # The loss in fp32 even when the model runs in bf16: log_softmax reads the bf16 logits and writes fp32
-            # in one fused pass (13% faster than upcasting first and taking logsumexp, measured on this CPU).
-            logp = torch.log_softmax(h @ weight.to(h.dtype).T, dim=-1, dtype=torch.float32)
-            total -= logp.gather(1, y[:, None]).sum()
-            if want_hidden or want_weight:
-                # d(sum CE)/d logits = softmax - one_hot(label), computed in place over the log-probabilities.
-                grad = logp.exp_()
-                grad[torch.arange(len(y), device=y.device), y] -= 1.0
-                grad = grad.to(h.dtype)
-                if want_hidden:
-                    grad_hidden[lo:lo + chunk] = grad @ weight.to(h.dtype)
-                if want_weight:
-                    grad_weight += (grad.T @ h).float()
+            logits = h @ weight.to(h.dtype).T
+            if not (want_hidden or want_weight):
+                # Evaluation: the exact loss, log_softmax read in the logits' dtype and written in fp32.
+                total -= torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(1, y[:, None]).sum()
+                continue
+            # Training: one softmax pass in the compute dtype (fp32 inside, written in bf16) is the gradient, and
+            # the loss is -log of its label entries. Measured on this CPU, 682 x 49,152 bf16 logits: 43 ms against
+            # 262 ms for an fp32 log_softmax, its exp and the cast to bf16. The logged training loss then carries
+            # bf16's rounding of each probability (a relative 2^-9: at most ~0.002 nats per token); a probability
+            # that rounds to zero (a label ~87 nats below the top logit) is read from an fp32 log_softmax instead.
+            probs = torch.softmax(logits, dim=-1)
+            rows = torch.arange(len(y), device=y.device)
+            picked = probs[rows, y].float()
+            lost = picked == 0
+            if lost.any():
+                total -= torch.log_softmax(logits[lost].float(), dim=-1).gather(1, y[lost, None]).sum()
+                picked = picked[~lost]
+            total -= picked.log().sum()
+            # d(sum CE)/d logits = softmax - one_hot(label), in place
+            grad = probs
+            grad[rows, y] -= 1.0
+            if want_hidden:
+                grad_hidden[lo:lo + chunk] = grad @ weight.to(h.dtype)
+            if want_weight:
+                grad_weight += (grad.T @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
