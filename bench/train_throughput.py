@@ -85,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--variants", default="abc", help="which of a, b, c to run (ratios need a and b)")
     args = parser.parse_args()
     if not BITEXT.is_file():
         raise SystemExit(f"needs {BITEXT}")
@@ -106,16 +107,18 @@ def main() -> None:
                      for p, c in pairs]
         (folder / "rows.jsonl").write_text("".join(json.dumps({"input_ids": t.input_ids, "labels": t.labels}) + "\n"
                                                    for t in tokenized))
-        results = {
-            "(a) HF Trainer + PEFT, padding collator": run(HF_VARIANT, str(folder / "rows.jsonl"), base, "0",
-                                                           str(folder / "a")),
-            "(b) (a) + flush denormal": run(HF_VARIANT, str(folder / "rows.jsonl"), base, "1", str(folder / "b")),
-            "(c) tunesmith defaults": run(TUNESMITH_VARIANT, str(folder / "train.jsonl"), str(folder / "c")),
+        variants = {
+            "a": ("(a) HF Trainer + PEFT, padding collator", HF_VARIANT, str(folder / "rows.jsonl"), base, "0"),
+            "b": ("(b) (a) + flush denormal", HF_VARIANT, str(folder / "rows.jsonl"), base, "1"),
+            "c": ("(c) tunesmith defaults", TUNESMITH_VARIANT, str(folder / "train.jsonl")),
         }
+        results = {variants[k][0]: run(*variants[k][1:], str(folder / k)) for k in "abc" if k in args.variants}
     tokens = sum(len(t.input_ids) for t in tokenized)
     print(f"SmolLM2-135M-Instruct, LoRA r=16 all projections, {args.rows} Bitext pairs ({tokens:,} tokens), "
           f"batch 8, 1 epoch; {platform.machine()}, {os.cpu_count()} cores\n")
-    a, b = results["(a) HF Trainer + PEFT, padding collator"], results["(b) (a) + flush denormal"]
+    first = next(iter(results.values()))
+    a = results.get("(a) HF Trainer + PEFT, padding collator", first)
+    b = results.get("(b) (a) + flush denormal", first)
     print("| variant | real tokens/s | train seconds | peak RSS MB | final loss | mean loss | vs (a) | vs (b) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():

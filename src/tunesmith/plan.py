@@ -6,15 +6,15 @@ The model of memory (docs/plan.md has the arithmetic and the measurements behind
     peak = max(load peak, training peak, step peak)
     training peak = overhead + weights + optimizer + max(gradients, activations)
     step peak     = overhead + master weights + optimizer + max(heap gradients, activations heap)
-                    + mmapped gradients + AdamW temporaries                                      (CPU)
+                    + mmapped gradients                                                           (CPU)
     load peak     = overhead + the safetensors file (mmapped) + the weights when they are cast to another dtype
 
 Gradients and activations do not peak together in forward/backward: `zero_grad(set_to_none=True)` frees the
 gradients before each forward, and backward frees each layer's saved tensors as it allocates that layer's
 gradients. At the optimizer step on CPU, though, the heap still holds the memory the activations used (glibc
-does not return it), a gradient above glibc's 32 MiB mmap threshold (an embedding's) sits outside that heap, and
-AdamW's single-tensor loop adds two temporaries of the largest parameter: for a small model with a large
-vocabulary (MiniLM) that is the peak.
+does not return it) and a gradient above glibc's 32 MiB mmap threshold (an embedding's) sits outside that heap:
+for a small model with a large vocabulary (MiniLM) that can be the peak. The fused AdamW kernel the trainers use
+adds no temporaries (the single-tensor loop added two copies of the largest parameter).
 `train`/`run` call `enforce_plan` before touching the run directory and refuse a configuration whose predicted
 peak is above the memory available, unless `--ignore-plan`.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from tunesmith.config import ProjectConfig
 from tunesmith.errors import ConfigError
 from tunesmith.plan_device import Device, parse_device, sustained_flops
-from tunesmith.plan_model import (FUSED_LAYER_TYPES, ModelShape, adamw_step_bytes, classifier_params,
+from tunesmith.plan_model import (FUSED_LAYER_TYPES, ModelShape, classifier_params,
                                   decoder_saved_outside_layers,
                                   decoder_saved_per_token, encoder_saved_per_token, head_chunk_bytes,
                                   mmapped_grad_bytes, read_shape, saved_adapter_elements)
@@ -88,7 +88,6 @@ class Estimate:
     overhead_mb: float = 0.0
     peak_mb: float = 0.0
     load_peak_mb: float = 0.0
-    step_mb: float = 0.0  # CPU: the optimizer step's transient (AdamW's temporaries of the largest parameter)
     fits: str = "n/a"  # yes (<= 85% of memory) | tight (<= 100%) | no | n/a
     seconds_per_epoch: float | None = None
     trainable_params: int = 0
@@ -278,20 +277,17 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
         overhead = CUDA_CONTEXT_MB * MB
         load = overhead + weights
     peak = max(load, overhead + weights + optimizer + max(grads, activations))
-    step = 0.0
     if device.kind == "cpu":
         # The optimizer step: every gradient is live, the heap still holds what the activations occupied (glibc
-        # keeps freed heap memory mapped), gradients too big for the heap (mmapped_grad_bytes) come on top, and
-        # AdamW's single-tensor loop adds two temporaries of the largest parameter. autocast's bf16 weight copies
-        # are gone by then (freed once backward has used them).
+        # keeps freed heap memory mapped) and gradients too big for the heap (mmapped_grad_bytes) come on top.
+        # The fused AdamW kernel (train/loop.adamw) makes no temporaries; autocast's bf16 weight copies are gone
+        # by then (freed once backward has used them).
         master = weights - (shape.linear_params * 2 * autocast if method == "full" else 0)
         big_grads = mmapped_grad_bytes(shape, method, lm_head)
-        step = adamw_step_bytes(shape, method, num_labels, config.method.r, targets)
-        peak = max(peak, overhead + master + optimizer + max(grads - big_grads, saved * factor) + big_grads + step)
+        peak = max(peak, overhead + master + optimizer + max(grads - big_grads, saved * factor) + big_grads)
     est.weights_mb, est.grads_mb, est.optimizer_mb = weights / MB, grads / MB, optimizer / MB
     est.activations_mb, est.overhead_mb, est.peak_mb, est.load_peak_mb = activations / MB, overhead / MB, \
         peak / MB, load / MB
-    est.step_mb = step / MB
     est.trainable_params = trainable
     est.fits = "yes" if peak <= HEADROOM * device.memory_bytes else "tight" if peak <= device.memory_bytes else "no"
     if flops_per_s > 0:

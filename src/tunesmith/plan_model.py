@@ -301,31 +301,6 @@ def encoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
 MMAP_THRESHOLD_MAX = 32 * 2**20
 
 
-def largest_trainable(shape: ModelShape, method: str, num_labels: int, lora_r: int,
-                      targets: list[str] | None) -> int:
-    """Elements of the largest trainable tensor: the embedding matrix (vocab x hidden) in full fine-tuning;
-    with LoRA the largest of the adapter matrices and the head trained in full (BERT's pooler, RoBERTa's dense,
-    the classifier)."""
-    projections = max(p.in_features * p.out_features for p in shape.linears)
-    if method == "full":
-        return max(shape.vocab * shape.hidden, projections)
-    chosen = targeted(shape.linears, targets)
-    adapters = max((lora_r * max(p.in_features, p.out_features) for p in chosen), default=0)
-    head = max(shape.hidden * shape.hidden if shape.is_encoder else 0, shape.hidden * num_labels) if num_labels else 0
-    return max(adapters, head)
-
-
-def adamw_step_bytes(shape: ModelShape, method: str, num_labels: int, lora_r: int, targets: list[str] | None,
-                     param_bytes: int = 4) -> int:
-    """The transient of one CPU AdamW step. On CPU torch.optim.AdamW runs its single-tensor loop (foreach and
-    fused kernels are CUDA-only defaults), which per parameter computes
-    `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: the square root and its quotient are two
-    temporaries of the parameter's size alive together. Its peak is therefore two copies of the largest
-    trainable tensor (MiniLM full: 2 x 30,522 x 384 x 4 B = 89.4 MiB, measured +89.3 MiB of RSS during steps
-    3-6; SmolLM2 full: 2 x 108 MiB, measured +216 MiB)."""
-    return 2 * largest_trainable(shape, method, num_labels, lora_r, targets) * param_bytes
-
-
 def mmapped_grad_bytes(shape: ModelShape, method: str, lm_head: bool, param_bytes: int = 4) -> int:
     """Gradients big enough for their own mmap (above MMAP_THRESHOLD_MAX), which therefore add to the heap the
     activations left instead of reusing it: full fine-tuning's embedding gradient. A decoder's LM-head weight

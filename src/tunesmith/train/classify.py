@@ -34,7 +34,7 @@ from tunesmith.models.adapters import apply_task_method, describe_parameters, co
 from tunesmith.models.classifier import collate_ids, load_sequence_model, outputs_from_logits
 from tunesmith.train.checkpoint import (load_weights, newest_loadable, prune_checkpoints, restore_rng,
                                         save_checkpoint, save_weights)
-from tunesmith.train.loop import (_schedule, enable_checkpointing, prepare_batching, peak_memory_mb,
+from tunesmith.train.loop import (_schedule, adamw, enable_checkpointing, prepare_batching, peak_memory_mb,
                                   pick_device)
 
 # Logged at each epoch end beside eval_loss (prefixed eval_), one or two per task: enough to watch, cheap.
@@ -157,7 +157,7 @@ def fit_task(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, re
     body_params = [p for n, p in named if not _is_head(n, heads)]
     groups = [{"params": body_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_multiplier}]
     params = body_params + head_params
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw([g for g in groups if g["params"]], cfg, device)
     warmup = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(warmup, total_steps))
 

@@ -162,6 +162,13 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; macOS bytes (rare here)
 
 
+def adamw(params, cfg, device: str) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel on CPU and CUDA: one pass per tensor. On CPU the default single-tensor
+    loop took 54 ms per step for SmolLM2's 420 LoRA tensors against 7 ms fused (this machine), and made two
+    temporaries the size of the largest trainable tensor (an embedding in full fine-tuning: +89 to +216 MB)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device in ("cpu", "cuda"))
+
+
 def prepare_batching(cfg, device: str) -> None:
     """What every training loop does first: flush denormals on a CPU and check the batch sizes (the steps
     themselves come from data/batching.step_groups)."""
@@ -240,7 +247,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     steps_per_epoch = len(epoch_steps(0))  # ceil(rows / global_batch_size) either way
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device == "cuda")
+    optimizer = adamw(params, cfg, device)
     warmup = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(warmup, total_steps) if warmup else
                                                   _schedule(0, total_steps))
