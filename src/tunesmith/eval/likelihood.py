@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import collate
 from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
+from tunesmith.models.adapters import unwrap
 
 
 @dataclass
@@ -50,7 +51,7 @@ POSITIONS_PER_CHUNK = 512  # 512 x 49,152 x 4 bytes = 100 MB of logits at a time
 def score(model, rows: list[Tokenized], batch_size: int, pad_id: int) -> Likelihood:
     model.eval()
     device = next(model.parameters()).device
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     backbone, head = base.get_decoder(), base.get_output_embeddings()
     total = Likelihood(0.0, 0, 0)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))  # similar lengths pad little

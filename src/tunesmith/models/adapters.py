@@ -37,6 +37,11 @@ def target_modules(model, setting: str | list[str]) -> str | list[str]:
     return AUTO_TARGETS.get(model.config.model_type, "all-linear")
 
 
+def unwrap(model):
+    """The transformers model inside a PEFT wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

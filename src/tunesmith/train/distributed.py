@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.errors import ConfigError
+from tunesmith.models.adapters import unwrap
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def shard_model(model, d: Dist):
         return model
     from torch.distributed.fsdp import fully_shard
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     layers = getattr(base.get_decoder(), "layers", [])
     for layer in layers:
         fully_shard(layer)

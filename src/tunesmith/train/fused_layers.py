@@ -28,6 +28,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from tunesmith.models.adapters import unwrap
 from tunesmith.train.lora_fast import group_forward, join_frozen_weights
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
@@ -236,7 +237,7 @@ def use_fused_layers(model) -> dict[str, int]:
     if counts["attention"]:
         # The attention functions above are handed no mask only when transformers sees a purely causal batch
         # and the model is set to SDPA (with eager it always builds a 4-D mask); anything else falls back.
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = unwrap(model)
         if base.config._attn_implementation == "eager":
             base.set_attn_implementation("sdpa")
     return counts

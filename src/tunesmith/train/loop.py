@@ -22,7 +22,7 @@ from tunesmith.data.batching import collate, collate_packed, packed_micro_batche
 from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
 from tunesmith.errors import ConfigError, RunDirError
 from tunesmith.io import sha256_file, write_text_atomic
-from tunesmith.models.adapters import apply_method, count_parameters
+from tunesmith.models.adapters import apply_method, count_parameters, unwrap
 from tunesmith.models.load import load_causal_lm
 from tunesmith.redact import redact
 from tunesmith.tracking import MetricsLog
@@ -67,7 +67,7 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         # (whole-vocabulary logits: the price of sharding until the head is sharded separately).
         logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
         return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum"), int(keep.sum())
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     backbone = base.get_decoder()
     head = base.get_output_embeddings()
     # use_cache=False matters for packed rows: transformers derives the per-example (block-diagonal) mask
@@ -87,7 +87,7 @@ def compile_layers(model) -> int:
     compiled code instead of recompiling; layers of one class share it. Returns how many were compiled."""
     from tunesmith.models.adapters import transformer_layers
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     layers = transformer_layers(base)
     for layer in layers:
         layer.compile(dynamic=True)
@@ -97,7 +97,7 @@ def compile_layers(model) -> int:
 def enable_checkpointing(model) -> None:
     """Recompute each transformer layer in backward (non-reentrant checkpointing: works with frozen
     embeddings and LoRA without forcing the inputs to require gradients)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     if not base.supports_gradient_checkpointing:
         raise ConfigError(f"this {base.config.model_type} model does not support gradient checkpointing",
                           "set train.gradient_checkpointing: false")
