@@ -23,6 +23,7 @@ dropout, sliding windows, or output_attentions.
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -157,16 +158,11 @@ class _Rope(torch.autograd.Function):
         return _add_rotation_transposed(grad * cos, grad, sin), None, None
 
 
-_CAUSAL: dict[tuple[int, int, str], torch.Tensor] = {}
-
-
-def _stacked_causal_mask(groups: int, s: int, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=32)  # every layer of a pass uses the same one; row widths vary between passes
+def _stacked_causal_mask(groups: int, s: int, device: torch.device) -> torch.Tensor:
     """True where query row r (position r % s of one of `groups` stacked heads) must not see key column c."""
-    key = (groups, s, str(device))
-    if key not in _CAUSAL:
-        rows = torch.arange(groups * s, device=device) % s
-        _CAUSAL[key] = torch.arange(s, device=device)[None, :] > rows[:, None]
-    return _CAUSAL[key]
+    rows = torch.arange(groups * s, device=device) % s
+    return torch.arange(s, device=device)[None, :] > rows[:, None]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
