@@ -236,8 +236,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
              and not autocast and not shape.is_encoder)
     # On a CPU it also replaces the norms, MLP and attention (train/fused_layers.py), whose attention takes the
     # matmul path for rows up to EAGER_MAX_TOKENS, as the worst batch's rows decide.
-    fused_layers = (method == "lora" and config.method.kind == "lora" and not autocast and lm_head
-                    and device.kind == "cpu" and not config.train.compile and shape.model_type in FUSED_LAYER_TYPES)
+    fused_layers = _fused_layers(config, method, shape, device, autocast, lm_head)
     if fused_layers:
         from tunesmith.train.precision import EAGER_MAX_TOKENS
 
@@ -371,9 +370,16 @@ def make_plan(config: ProjectConfig, model_dir: str, device: Device | str | None
                 recommendation=recommend(config, shape, stats, device, model_dir, flops))
 
 
+def _fused_layers(config: ProjectConfig, method: str, shape: ModelShape, device: Device, autocast: bool,
+                  lm_head: bool) -> bool:
+    """Whether the trainer replaces the norms, MLP and attention with train/fused_layers.py (train/loop.fit: LoRA
+    on a CPU without autocast or train.compile, on the model types that module reproduces)."""
+    return (method == "lora" and config.method.kind == "lora" and not autocast and lm_head and device.kind == "cpu"
+            and not config.train.compile and shape.model_type in FUSED_LAYER_TYPES)
+
+
 def _attention_name(config: ProjectConfig, shape: ModelShape, device: Device, compute, num_labels: int) -> str:
-    if (config.method.kind == "lora" and device.kind == "cpu" and compute.autocast is None and not num_labels
-            and not config.train.compile and shape.model_type in FUSED_LAYER_TYPES):
+    if _fused_layers(config, config.method.kind, shape, device, compute.autocast is not None, not num_labels):
         return ", fused attention (train/fused_layers.py)"
     return f", {compute.attention} attention" if compute.attention else ""
 
