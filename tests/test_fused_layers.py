@@ -61,13 +61,17 @@ def _loss_and_grads(model, batch):
 ])
 def test_fused_layers_equal_the_model_in_fp32(tiny_llama, monkeypatch, eager_max, method, groups):
     monkeypatch.setattr(fused_layers, "EAGER_MAX_TOKENS", eager_max)
-    calls = []
+    calls, norms = [], []
     original = lora_fast._LoraGroup.apply
     monkeypatch.setattr(lora_fast._LoraGroup, "apply", lambda *a: calls.append(1) or original(*a))
+    normalize = fused_layers._normalize
+    monkeypatch.setattr(fused_layers, "_normalize", lambda *a: norms.append(1) or normalize(*a))
     batch = _batch(tiny_llama)
     loss_ref, grads_ref = _loss_and_grads(_model(tiny_llama, torch.float32, fused=False, **method), batch)
     loss, grads = _loss_and_grads(_model(tiny_llama, torch.float32, fused=True, **method), batch)
     assert len(calls) == groups
+    # 5 norms forward; each grouped product rebuilt its input from its norm in backward instead of keeping it
+    assert len(norms) == 5 + groups
     assert abs(loss - loss_ref) < 1e-5 * abs(loss_ref)
     assert grads.keys() == grads_ref.keys()
     for name, grad in grads.items():
@@ -100,12 +104,23 @@ def test_hand_written_backward_passes_gradcheck(function, shapes):
     assert torch.autograd.gradcheck(function, inputs)
 
 
+def test_swiglu_lora_backward_gradchecks():
+    """down_proj(silu(gate) * up) with the product rebuilt in backward, against autograd's numerical gradient."""
+    torch.manual_seed(0)
+    gate, up = (torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weight, bias = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    a = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, u, la, lb: fused_layers._SwiGLULora.apply(g, u, weight, bias, la, lb, 2.0),
+                                    (gate, up, a, b))
+
+
 @pytest.mark.parametrize("weight_grad", [False, True])
 def test_rmsnorm_backward_gradchecks(weight_grad):
     torch.manual_seed(0)
     x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
     weight = (torch.rand(8, dtype=torch.float64) + 0.5).requires_grad_(weight_grad)
-    assert torch.autograd.gradcheck(lambda a, w: fused_layers._RMSNorm.apply(a, w, 1e-6), (x, weight))
+    assert torch.autograd.gradcheck(lambda a, w: fused_layers.rms_norm(a, w, 1e-6), (x, weight))
 
 
 def test_fast_paths_run_for_training_and_fall_back_for_masks_and_caches(tiny_llama, monkeypatch):
@@ -116,7 +131,7 @@ def test_fast_paths_run_for_training_and_fall_back_for_masks_and_caches(tiny_lla
 
     monkeypatch.setattr(fused_layers, "causal_attention", counting("attention", fused_layers.causal_attention))
     monkeypatch.setattr(fused_layers._RMSNorm, "apply", counting("norm", fused_layers._RMSNorm.apply))
-    monkeypatch.setattr(fused_layers._SiluMul, "apply", counting("mlp", fused_layers._SiluMul.apply))
+    monkeypatch.setattr(fused_layers._SwiGLULora, "apply", counting("mlp", fused_layers._SwiGLULora.apply))
     plain, fused = _model(tiny_llama, torch.float32, fused=False), _model(tiny_llama, torch.float32, fused=True)
     label_loss_sum(fused, _batch(tiny_llama, 2))
     assert calls == {"attention": 2, "norm": 5, "mlp": 2}

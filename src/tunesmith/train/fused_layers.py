@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models.adapters import unwrap
-from tunesmith.train.lora_fast import group_forward, join_frozen_weights
+from tunesmith.train.lora_fast import group_forward, join_frozen_weights, lora_backward, lora_forward, lora_parts, plain
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
 # Rows up to EAGER_MAX_TOKENS take the matrix-product attention below; longer rows take SDPA's flash kernel
@@ -51,20 +51,41 @@ def _plain_tensor(x: torch.Tensor) -> bool:
 
 # --- RMSNorm ---------------------------------------------------------------------------------------------------
 
+def _rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """rsqrt(mean(x^2) + eps) per token, accumulated in fp32 (fp64 for fp64 x); no autograd graph."""
+    accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=accumulate).square_()
+        return squares.div_(x.shape[-1]).add_(eps).rsqrt_()
+
+
+def _normalize(x: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The norm's output from its input and scale: the forward pass, and its rebuild in backward (train/lora_fast
+    _LoraGroup), which must agree bit for bit."""
+    return (x * rstd.to(x.dtype)).mul_(weight)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x * rsqrt(mean(x^2) + eps)) through _RMSNorm. The output carries `_tunesmith_norm`, what
+    rebuilds it (_normalize and its inputs), so a grouped LoRA product reading it (_projections) can keep those
+    instead of a second copy of the output."""
+    rstd = _rstd(x.detach(), eps)
+    y = _RMSNorm.apply(x, weight, rstd)
+    y._tunesmith_norm = (x, rstd, weight, y._version)
+    return y
+
+
 class _RMSNorm(torch.autograd.Function):
-    """y = weight * (x * rsqrt(mean(x^2) + eps)), with the per-token scale accumulated in fp32.
+    """y = weight * (x * rstd), rstd = rsqrt(mean(x^2) + eps) per token (_rstd: accumulated in fp32).
 
     Unlike transformers, the scale is rounded to x's dtype before it multiplies x (one pass instead of an fp32
     copy of x, a multiply and a cast back): in bf16 that adds one rounding of 2^-9 to a value that is rounded
     to bf16 anyway. In fp32 it is the same computation."""
 
     @staticmethod
-    def forward(ctx, x, weight, eps: float):
-        accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
-        squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=accumulate).square_()
-        rstd = squares.div_(x.shape[-1]).add_(eps).rsqrt_()  # one value per token
+    def forward(ctx, x, weight, rstd):
         ctx.save_for_backward(x, weight, rstd)
-        return (x * rstd.to(x.dtype)).mul_(weight)
+        return _normalize(x, rstd, weight)
 
     @staticmethod
     def backward(ctx, grad):
@@ -87,7 +108,7 @@ class _RMSNorm(torch.autograd.Function):
 def _norm_forward(module, original, hidden_states):
     if not _plain_tensor(hidden_states) or module.weight.dtype != hidden_states.dtype:
         return original(hidden_states)
-    return _RMSNorm.apply(hidden_states, module.weight, float(module.variance_epsilon))
+    return rms_norm(hidden_states, module.weight, float(module.variance_epsilon))
 
 
 # --- SwiGLU ----------------------------------------------------------------------------------------------------
@@ -111,16 +132,55 @@ class _SiluMul(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+class _SwiGLULora(torch.autograd.Function):
+    """down_proj(silu(gate) * up) for a plain LoRA down_proj (train/lora_fast.lora_forward), keeping gate and up
+    but not the product: backward rebuilds it for A's gradient (one multiply, silu being needed there anyway),
+    so each layer keeps one [tokens x intermediate] tensor less."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling: float):
+        h = F.silu(gate).mul_(up)
+        a, b = lora_a.to(h.dtype), lora_b.to(h.dtype)
+        y, z = lora_forward(h.reshape(-1, h.shape[-1]), weight, bias, a, b, scaling)
+        ctx.save_for_backward(gate, up, z, weight, a, b)
+        ctx.scaling, ctx.dtypes = scaling, (lora_a.dtype, lora_b.dtype)
+        return y.reshape(*h.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        gate, up, z, weight, a, b = ctx.saved_tensors
+        want_gate, want_up, _, _, want_a, want_b, _ = ctx.needs_input_grad
+        silu = F.silu(gate)
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(gate.dtype)
+        grad_h, grad_a, grad_b = lora_backward(
+            g, lambda: (silu * up).reshape(-1, gate.shape[-1]), z, weight, a, b, ctx.scaling,
+            want_gate or want_up, (ctx.dtypes[0] if want_a else None, ctx.dtypes[1] if want_b else None))
+        grad_gate = grad_up = None
+        if grad_h is not None:
+            grad_h = grad_h.reshape(gate.shape)
+            if want_gate:
+                grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate)
+            if want_up:
+                grad_up = silu.mul_(grad_h)
+        return grad_gate, grad_up, None, None, grad_a, grad_b, None
+
+
 def _mlp_forward(module, original, x):
     if not _plain_tensor(x) or type(module.act_fn).__name__ not in SILU_CLASSES:
         return original(x)
-    return module.down_proj(_SiluMul.apply(*_projections(x, module.gate_proj, module.up_proj)))
+    gate, up = _projections(x, module.gate_proj, module.up_proj)
+    if plain(module.down_proj, gate):
+        return _SwiGLULora.apply(gate, up, *lora_parts(module.down_proj))
+    return module.down_proj(_SiluMul.apply(gate, up))
 
 
 def _projections(x: torch.Tensor, *layers) -> tuple[torch.Tensor, ...]:
     """Each layer applied to x: as one grouped LoRA product where all are plain LoRA layers
-    (train/lora_fast.group_forward), else one by one."""
-    joined = group_forward(layers, x)
+    (train/lora_fast.group_forward), else one by one. When x is a fused norm's unchanged output (rms_norm),
+    the product keeps the norm's input and scale, which the norm keeps anyway, instead of x."""
+    norm = getattr(x, "_tunesmith_norm", None)
+    source = (_normalize, norm[:3]) if norm is not None and norm[3] == x._version else None
+    joined = group_forward(layers, x, source)
     if joined is None:
         return tuple(layer(x) for layer in layers)
     return joined.split([layer.out_features for layer in layers], dim=-1)

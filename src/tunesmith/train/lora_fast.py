@@ -22,15 +22,35 @@ import types
 import torch
 
 
+def lora_forward(x2: torch.Tensor, weight, bias, a: torch.Tensor, b: torch.Tensor, scaling: float):
+    """y = x2 @ weight^T + bias + scaling * (x2 @ a^T) @ b^T for 2-D x2, with a and b already in x2's dtype;
+    returns y and z = x2 @ a^T, which B's gradient needs."""
+    z = x2 @ a.T  # [tokens, r]
+    base = x2 @ weight.T if bias is None else torch.addmm(bias.to(x2.dtype), x2, weight.T)
+    return base.addmm_(z, b.T, alpha=scaling), z  # in place: addmm(base, ...) would first copy base
+
+
+def lora_backward(g: torch.Tensor, x2, z, weight, a, b, scaling: float, want_x: bool, dtypes):
+    """The gradients lora_forward's inputs need, from g = d loss / d y ([tokens, out]). x2 may be a function
+    that rebuilds the input (only A's gradient reads it). Returns (grad_x2, grad_a, grad_b); None where
+    not wanted (want_x false, dtypes[i] None), else A's and B's in dtypes[0] and dtypes[1]."""
+    gz = (g @ b).mul_(scaling)  # d loss / d z, [tokens, r]
+    grad_x = (g @ weight).addmm_(gz, a) if want_x else None
+    grad_a = grad_b = None
+    if dtypes[0] is not None:
+        grad_a = (gz.T @ (x2() if callable(x2) else x2)).to(dtypes[0])
+    if dtypes[1] is not None:
+        grad_b = (g.T @ z).mul_(scaling).to(dtypes[1])
+    return grad_x, grad_a, grad_b
+
+
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        z = x2 @ a.T  # [tokens, r]
-        base = x2 @ weight.T if bias is None else torch.addmm(bias.to(x.dtype), x2, weight.T)
-        y = base.addmm_(z, b.T, alpha=scaling)  # in place: addmm(base, ...) would first copy base
+        y, z = lora_forward(x2, weight, bias, a, b, scaling)
         ctx.save_for_backward(x2, z, weight, a, b)
         ctx.scaling, ctx.dtypes = scaling, (lora_a.dtype, lora_b.dtype)
         return y.reshape(*shape[:-1], y.shape[-1])
@@ -40,20 +60,23 @@ class _LoraLinear(torch.autograd.Function):
         x2, z, weight, a, b = ctx.saved_tensors
         want_x, _, _, want_a, want_b, _ = ctx.needs_input_grad
         g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
-        gz = (g @ b).mul_(ctx.scaling)  # d loss / d z, [tokens, r]
-        grad_x = (g @ weight).addmm_(gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1]) if want_x else None
-        grad_a = (gz.T @ x2).to(ctx.dtypes[0]) if want_a else None
-        grad_b = (g.T @ z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
+        grad_x, grad_a, grad_b = lora_backward(g, x2, z, weight, a, b, ctx.scaling, want_x,
+                                               (ctx.dtypes[0] if want_a else None, ctx.dtypes[1] if want_b else None))
+        if grad_x is not None:
+            grad_x = grad_x.reshape(*grad_y.shape[:-1], x2.shape[-1])
         return grad_x, None, None, grad_a, grad_b, None
 
 
 class _LoraGroup(torch.autograd.Function):
     """Several LoRA projections of one input (q, k and v; gate and up) as one: y = x @ [W1; W2; ...]^T +
     z @ blockdiag(s1 B1, s2 B2, ...)^T with z = x @ [A1; A2; ...]^T, so the input is read by one frozen GEMM and
-    one adapter GEMM instead of one of each per projection. Returns the outputs side by side, [..., sum(out)]."""
+    one adapter GEMM instead of one of each per projection. Returns the outputs side by side, [..., sum(out)].
+
+    source: None, or (rebuild, tensors) with rebuild(*tensors) == x bit for bit. Then x is not kept for backward
+    (only A's gradient reads it): the tensors are, which the caller keeps anyway (a norm's input and scale)."""
 
     @staticmethod
-    def forward(ctx, x, joined, scalings: tuple[float, ...], *params):
+    def forward(ctx, x, joined, scalings: tuple[float, ...], source, *params):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         weights, biases = params[0::4], params[1::4]
@@ -65,7 +88,8 @@ class _LoraGroup(torch.autograd.Function):
             y += torch.cat([bias if bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
                             for bias, w in zip(biases, weights)]).to(x.dtype)
         y.addmm_(z, b.T)
-        ctx.save_for_backward(x2, z, a, b, joined)
+        ctx.rebuild = source[0] if source is not None else None
+        ctx.save_for_backward(*(source[1] if source is not None else (x2,)), z, a, b, joined)
         ctx.ranks = [p.shape[0] for p in params[2::4]]
         ctx.outs = [w.shape[0] for w in weights]
         ctx.dtypes = [p.dtype for p in params[2::4]], [p.dtype for p in params[3::4]]
@@ -74,12 +98,13 @@ class _LoraGroup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, z, a, b, joined = ctx.saved_tensors
-        g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
+        *inputs, z, a, b, joined = ctx.saved_tensors
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(z.dtype)
         gz = g @ b  # d loss / d z, scalings included, [tokens, sum r]
         grads: list = [None] * (4 * len(ctx.outs))
-        if any(ctx.needs_input_grad[3:]):  # the adapters (the frozen weights and biases never need one)
-            grad_a = (gz.T @ x2).split(ctx.ranks)
+        if any(ctx.needs_input_grad[4:]):  # the adapters (the frozen weights and biases never need one)
+            x = ctx.rebuild(*inputs) if ctx.rebuild is not None else inputs[0]
+            grad_a = (gz.T @ x.reshape(-1, a.shape[1])).split(ctx.ranks)
             grad_b = g.T @ z  # [sum out, sum r]: only the diagonal blocks are B's gradients
             out0 = r0 = 0
             for i, (out, r) in enumerate(zip(ctx.outs, ctx.ranks)):
@@ -88,8 +113,8 @@ class _LoraGroup(torch.autograd.Function):
                 out0, r0 = out0 + out, r0 + r
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ joined).addmm_(gz, a).reshape(*grad_y.shape[:-1], x2.shape[-1])
-        return grad_x, None, None, *grads
+            grad_x = (g @ joined).addmm_(gz, a).reshape(*grad_y.shape[:-1], a.shape[1])
+        return grad_x, None, None, None, *grads
 
 
 def join_frozen_weights(layers) -> bool:
@@ -130,38 +155,41 @@ def _joined_weight(layers) -> torch.Tensor | None:
     return buffer if start == buffer.shape[0] else None
 
 
-def group_forward(layers, x: torch.Tensor) -> torch.Tensor | None:
+def group_forward(layers, x: torch.Tensor, source=None) -> torch.Tensor | None:
     """The outputs of LoRA projections that all read x, side by side ([..., sum of out_features]), through
     _LoraGroup; None when any of them is not in the plain state _LoraLinear handles (the caller then runs
-    them one by one)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    if not all(isinstance(layer, LoraLinear) and _plain(layer, x) for layer in layers):
+    them one by one). source: how to rebuild x in backward instead of keeping it (see _LoraGroup)."""
+    if not all(plain(layer, x) for layer in layers):
         return None
     params, scalings = [], []
     for layer in layers:
-        name = layer.active_adapters[0]
-        base = layer.base_layer
-        params += [base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight]
-        scalings.append(float(layer.scaling[name]))
+        *tensors, scaling = lora_parts(layer)
+        params += tensors
+        scalings.append(scaling)
     joined = _joined_weight(layers)
     if joined is None:
         joined = torch.cat([layer.base_layer.weight for layer in layers])
-    return _LoraGroup.apply(x, joined, tuple(scalings), *params)
+    return _LoraGroup.apply(x, joined, tuple(scalings), source, *params)
+
+
+def lora_parts(layer) -> tuple:
+    """(base weight, base bias, A, B, scaling) of a plain PEFT LoRA layer's active adapter."""
+    name = layer.active_adapters[0]
+    return (layer.base_layer.weight, layer.base_layer.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
+            float(layer.scaling[name]))
 
 
 def _fast_forward(layer, original, x, *args, **kwargs):
-    if args or kwargs or not _plain(layer, x):
+    if args or kwargs or not plain(layer, x):
         return original(x, *args, **kwargs)
-    name = layer.active_adapters[0]
-    base = layer.base_layer
-    return _LoraLinear.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
-                             float(layer.scaling[name]))
+    return _LoraLinear.apply(x, *lora_parts(layer))
 
 
-def _plain(layer, x: torch.Tensor) -> bool:
+def plain(layer, x: torch.Tensor) -> bool:
     """The case _LoraLinear computes exactly like PEFT: anything else goes through PEFT's own forward."""
-    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    if not isinstance(layer, LoraLinear) or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return False
     name = layer.active_adapters[0]
     base = layer.base_layer
