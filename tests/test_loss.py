@@ -68,3 +68,11 @@ def test_a_label_far_below_the_top_logit_keeps_a_finite_exact_loss(dtype):
     reference = plain(hidden.detach().float(), weight.float(), labels)
     assert torch.isfinite(loss) and abs(loss.item() - reference.item()) < 1e-2 * reference.item()
     assert torch.isfinite(hidden.grad).all()
+
+
+def test_the_planner_models_the_chunk_size_the_loss_uses():
+    """plan_model cannot import torch, so it repeats the chunk size: the two must not drift apart."""
+    from tunesmith.plan_model import HEAD_CHUNK_ELEMENTS
+    from tunesmith.train.loss import CHUNK_ELEMENTS
+
+    assert HEAD_CHUNK_ELEMENTS == CHUNK_ELEMENTS

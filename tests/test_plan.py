@@ -128,7 +128,7 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     from tunesmith.config import MethodConfig
     from tunesmith.models.adapters import apply_method
     from tunesmith.models.load import load_causal_lm
-    from tunesmith.plan_model import read_shape, saved_adapter_elements
+    from tunesmith.plan_model import read_shape, rebuilt_inputs, saved_adapter_elements
     from tunesmith.train.loop import label_loss_sum
     from tunesmith.train.precision import resolve_compute
 
@@ -166,7 +166,8 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
                                         fused=method == "lora" and not autocast, fused_layers=layers_fused)
     predicted = shape.layers * per_token * rows * width
     residual = 4 if autocast else c
-    predicted += decoder_saved_outside_layers(shape, method, residual, rows * width, rows * 20)
+    predicted += decoder_saved_outside_layers(shape, method, residual, rows * width, rows * 20,
+                                              layers_fused and "q_proj" in rebuilt_inputs(shape, None))
     if method == "lora" and not autocast:  # the fused layers' adapter matrices in the compute dtype
         predicted += saved_adapter_elements(shape, 8, None, grouped=True) * c
     if autocast:  # bf16 copies of the projection weights, cached by autocast and saved for backward

@@ -32,7 +32,7 @@ from tunesmith.plan_device import Device, parse_device, sustained_flops
 from tunesmith.plan_model import (FUSED_LAYER_TYPES, ModelShape, classifier_params,
                                   decoder_saved_outside_layers,
                                   decoder_saved_per_token, encoder_saved_per_token, head_chunk_bytes,
-                                  mmapped_grad_bytes, read_shape, saved_adapter_elements)
+                                  mmapped_grad_bytes, read_shape, rebuilt_inputs, saved_adapter_elements)
 
 MB = 2**20
 # RSS of a `tunesmith train` process just before it loads the model: Python + torch + transformers + peft +
@@ -260,7 +260,7 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
     head = 0.0
     if lm_head:  # final norm, and the chunked LM head on labelled positions only (train/loss.py)
         saved += decoder_saved_outside_layers(shape, "full" if method == "full" else "lora", residual, rows * width,
-                                              labelled)
+                                              labelled, fused_layers and "q_proj" in rebuilt_inputs(shape, targets))
         head = head_chunk_bytes(shape, "full" if method == "full" else "lora", residual, labelled)
     factor = CPU_ALLOCATOR_FACTOR if device.kind == "cpu" else CUDA_ALLOCATOR_FACTOR
     activations = saved * factor + head

@@ -83,6 +83,14 @@ def targeted(linears, targets: list[str] | None) -> list[Linear]:
 LORA_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+def rebuilt_inputs(shape: ModelShape, targets: list[str] | None) -> set[str]:
+    """Projections whose input the trainer's fused layers (train/fused_layers.py) rebuild in backward instead of
+    keeping it: the members of a fully adapted LORA_GROUPS group (from the norm before them) and down_proj
+    (from gate and up)."""
+    names = {p.name for p in targeted(shape.linears, targets)}
+    return {name for group in LORA_GROUPS if names.issuperset(group) for name in group} | ({"down_proj"} & names)
+
+
 def saved_adapter_elements(shape: ModelShape, r: int, targets: list[str] | None, grouped: bool) -> int:
     """Elements of the adapter matrices the fused LoRA layers keep for backward, cast to the compute dtype: A and
     B per projection; a group's B as one block-diagonal matrix [sum of outs x sum of ranks] (zeros included)."""
@@ -230,7 +238,9 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
     each distinct input is saved once in that dtype, and A's output in it too.
     fused_layers: the trainer's RMSNorm / SwiGLU / attention passes (train/fused_layers.py, LoRA on a CPU): each
     norm keeps its input in the compute dtype, the MLP only the gate and up outputs; s <= the eager limit takes
-    the matmul attention path (eager=True).
+    the matmul attention path (eager=True). A grouped LoRA product (LORA_GROUPS, every member adapted) rebuilds
+    its input from the norm's kept input in backward, and an adapted down_proj its input from gate and up, so
+    neither keeps an input of its own.
     """
     h, i, c = shape.hidden, shape.intermediate, compute_bytes
     # gated MLP: gate output (SiLU input), SiLU output and up output; GPT-2: fc output and gelu output
@@ -243,26 +253,29 @@ def decoder_saved_per_token(shape: ModelShape, method: str, compute_bytes: int, 
         norms = 2 * (4 * h + (4 if autocast else c) * h + 4)
         return norms + inputs + attention + mlp
     chosen = targeted(shape.linears, targets)
-    inputs = _input_bytes(chosen, c, copied=False) if fused else _input_bytes(chosen, 4, copied=c != 4)
+    rebuilt = rebuilt_inputs(shape, targets) if fused_layers else set()
+    kept = [p for p in chosen if p.name not in rebuilt]
+    inputs = _input_bytes(kept, c, copied=False) if fused else _input_bytes(chosen, 4, copied=c != 4)
     lora_mid = (c if fused else 4) * lora_r * len(chosen)  # A's output, saved for B's weight gradient
     norms = 2 * ((c if fused_layers else 4) * h + 4)  # the input (fp32 copy unless fused), the fp32 scale
     return norms + inputs + lora_mid + attention + mlp
 
 
-# train/loss.py runs the LM head chunk by chunk: logits for at most 2**25 values at a time (682 tokens of
+# train/loss.py runs the LM head chunk by chunk: logits for at most 2**24 values at a time (341 tokens of
 # SmolLM2's 49,152-entry vocabulary), with the gradients computed in the same pass.
-HEAD_CHUNK_ELEMENTS = 2**25
+HEAD_CHUNK_ELEMENTS = 2**24
 
 
 def decoder_saved_outside_layers(shape: ModelShape, method: str, residual_bytes: int, tokens: int,
-                                 labelled: int) -> float:
+                                 labelled: int, first_norm_input: bool = False) -> float:
     """The final norm (as a layer's norms), and what the chunked LM head (train/loss.py) keeps for backward: the
     gradient of the loss with respect to the labelled hidden states, in the residual stream's dtype (fp32 under
     autocast), and with full fine-tuning the fp32 gradient of the head's weight. With a frozen embedding (LoRA)
     the first layer's first norm reads a tensor that needs no gradient and saves nothing, which the final norm
-    makes up for: no norm term."""
+    makes up for: no norm term. first_norm_input: that norm's input and scale are kept all the same, by the
+    grouped q/k/v product that rebuilds its output from them (rebuilt_inputs)."""
     h = shape.hidden
-    norm = tokens * (8 * h + 4) if method == "full" else 0
+    norm = tokens * (8 * h + 4) if method == "full" else tokens * (residual_bytes * h + 4) if first_norm_input else 0
     head_weight_grad = shape.vocab * h * 4 if method == "full" else 0
     return norm + labelled * h * residual_bytes + head_weight_grad
 

@@ -5,14 +5,17 @@ and autograd keeps them (and their gradient, as much again) until the backward p
 tokens computes its logits, its loss and — in the same pass — the gradients of that loss with respect to the
 hidden states (and the head's weight when it trains), then frees the logits. The backward pass only scales
 those stored gradients, so the FLOPs are the same as the plain version (one forward GEMM, two gradient GEMMs
-per chunk) and the peak is one chunk of logits (CHUNK_ELEMENTS × 4 bytes = 128 MB, twice with softmax).
+per chunk) and the peak is one chunk of logits (CHUNK_ELEMENTS × 4 bytes = 64 MB, twice with softmax).
 """
 
 from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 2**25  # logits per chunk: 32M fp32 values = 128 MB; 682 tokens of SmolLM2's vocabulary
+# Logits per chunk: 16M values, 341 tokens of SmolLM2's vocabulary (32 MB in bf16). Twice that was slower: chunks
+# over glibc's 32 MB mmap limit come as fresh pages every time. 1,650 labelled SmolLM2 tokens, forward + backward
+# in bf16 on this CPU: 2^25 300 ms, 2^24 235 ms, 2^23 271 ms, 2^22 362 ms (narrower products run slower).
+CHUNK_ELEMENTS = 2**24
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -41,7 +44,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if lost.any():
                 total -= torch.log_softmax(logits[lost].float(), dim=-1).gather(1, y[lost, None]).sum()
                 picked = picked[~lost]
-            del logits  # a chunk of logits (67 MB in bf16 for SmolLM2) less while the gradient GEMMs run
+            del logits  # a chunk of logits (32 MB in bf16 for SmolLM2) less while the gradient GEMMs run
             total -= picked.log().sum()
             # d(sum CE)/d logits = softmax - one_hot(label), in place
             grad = probs
