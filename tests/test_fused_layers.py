@@ -111,8 +111,10 @@ def test_swiglu_lora_backward_gradchecks():
     weight, bias = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     a = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda g, u, la, lb: fused_layers._SwiGLULora.apply(g, u, weight, bias, la, lb, 2.0),
-                                    (gate, up, a, b))
+    def swiglu(g, u, la, lb):
+        return fused_layers._SwiGLULora.apply(g, u, weight, bias, la, lb, 2.0)
+
+    assert torch.autograd.gradcheck(swiglu, (gate, up, a, b))
 
 
 @pytest.mark.parametrize("weight_grad", [False, True])

@@ -14,7 +14,11 @@ r=16, 8 rows x ~228 tokens, bf16 weights), the step outside the matrix products 
   Rows longer than EAGER_MAX_TOKENS go to PyTorch's SDPA kernel instead, whose memory is linear in the row.
 - RoPE: rotate_half's slice/negate/concatenate copies; here two in-place multiply-adds on halves.
 - SwiGLU: silu(gate) * up keeps silu(gate) alive for backward; here only gate and up are kept and silu is
-  recomputed in backward (one pass, and one [tokens x intermediate] tensor less per layer).
+  recomputed in backward (one pass, and one [tokens x intermediate] tensor less per layer). With a LoRA
+  down_proj the product silu(gate) * up, its input, is rebuilt in backward too instead of kept.
+- Inputs rebuilt, not kept: the grouped q/k/v and gate/up LoRA products read a norm's output, and keep the
+  norm's input and scale (which the norm keeps anyway) to rebuild it in backward. With the two rebuilds a layer
+  keeps 13.9 kB per token instead of 19.3 kB (SmolLM2, rows of 120; docs/plan.md itemizes it).
 
 Every patched forward checks its inputs per call and falls back to the model's own forward for anything it does
 not compute exactly as the model does: a KV cache, an explicit attention mask (padding, packed rows), autocast,
