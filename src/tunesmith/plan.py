@@ -257,10 +257,13 @@ def estimate(config: ProjectConfig, shape: ModelShape, stats: TokenStats, device
         # each layer's adapter matrices, cast to the compute dtype and kept for backward
         saved += saved_adapter_elements(shape, config.method.r, targets, grouped=fused_layers) * c
     residual = 4 if autocast else weight_bytes  # the residual stream's dtype: fp32 under autocast
+    # The grouped q/k/v product rebuilds from the first norm's input only where the LoRA layers are fused (no
+    # dropout): otherwise nothing is grouped and that input, the frozen embedding's output, is kept by nobody.
+    first_norm_kept = fused and fused_layers and "q_proj" in rebuilt_inputs(shape, targets)
     head = 0.0
     if lm_head:  # final norm, and the chunked LM head on labelled positions only (train/loss.py)
         saved += decoder_saved_outside_layers(shape, "full" if method == "full" else "lora", residual, rows * width,
-                                              labelled, fused_layers and "q_proj" in rebuilt_inputs(shape, targets))
+                                              labelled, first_norm_kept)
         head = head_chunk_bytes(shape, "full" if method == "full" else "lora", residual, labelled)
     factor = CPU_ALLOCATOR_FACTOR if device.kind == "cpu" else CUDA_ALLOCATOR_FACTOR
     activations = saved * factor + head
