@@ -10,8 +10,8 @@ from tunesmith.data.batching import collate
 from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.adapters import apply_method
 from tunesmith.models.load import load_causal_lm, load_tokenizer
-import tunesmith.train.fused_layers as fused_layers
-import tunesmith.train.lora_fast as lora_fast
+from tunesmith.train import fused_layers
+from tunesmith.train import lora_fast
 from tunesmith.train.lora_fast import use_fast_lora
 from tunesmith.train.loop import label_loss_sum
 

@@ -9,7 +9,7 @@ from tunesmith.data.batching import collate
 from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.adapters import apply_method
 from tunesmith.models.load import load_causal_lm, load_tokenizer
-import tunesmith.train.lora_fast as lora_fast
+from tunesmith.train import lora_fast
 from tunesmith.train.loop import label_loss_sum
 
 

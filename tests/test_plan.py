@@ -122,7 +122,7 @@ def test_saved_activation_bytes_match_autograd_on_the_tiny_llama(tiny_llama, met
     saved_tensors_hooks), under the precision train/precision.py picks on this CPU. LoRA runs as the trainer runs
     it on a CPU: fused adapter layers and fused norm/MLP/attention, whose rows of 40 take the matmul attention
     path, or SDPA with the limit lowered to 16."""
-    import tunesmith.train.fused_layers as fused_layers
+    from tunesmith.train import fused_layers
 
     monkeypatch.setattr(fused_layers, "EAGER_MAX_TOKENS", eager_max)
     from tunesmith.config import MethodConfig

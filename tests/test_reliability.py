@@ -214,7 +214,7 @@ def test_resume_with_only_broken_checkpoints_starts_over_and_says_so(tiny_projec
 
 
 def test_nan_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tiny_project, monkeypatch):
-    import tunesmith.train.loop as loop
+    from tunesmith.train import loop
     from tunesmith.train.checkpoint import checkpoints, verify_checkpoint
 
     real, calls = loop.label_loss_sum, {"n": 0}
@@ -252,7 +252,7 @@ def test_nan_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tiny_project, 
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny_project, monkeypatch):
-    import tunesmith.train.checkpoint as checkpoint_module
+    from tunesmith.train import checkpoint as checkpoint_module
 
     real, calls = checkpoint_module.save_weights, {"n": 0}
 
@@ -276,7 +276,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny_project, m
 def test_too_little_free_space_is_refused_before_the_first_step(tiny_project, monkeypatch):
     from types import SimpleNamespace
 
-    import tunesmith.train.guard as guard
+    from tunesmith.train import guard
 
     monkeypatch.setattr(guard.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
     with pytest.raises(RunDirError, match="not enough free disk space"):

@@ -6,10 +6,15 @@ The Python API mirrors the CLI. Heavy imports (torch, transformers) happen insid
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# The subpackage first, so the train() function below is what `tunesmith.train` names: importing a module of a
+# package that is not yet loaded binds the package as an attribute of its parent, which would replace train().
+importlib.import_module("tunesmith.train")
 
 if TYPE_CHECKING:
     from tunesmith.config import ProjectConfig

@@ -108,8 +108,9 @@ class TrainConfig(_Section):
     # Recompute each layer's activations in the backward pass instead of keeping them: far less memory for
     # long rows, about a third more compute.
     gradient_checkpointing: bool = False
-    # torch.compile each transformer layer (dynamic shapes): fuses the element-wise ops around the matmuls. Pays
-    # off on long GPU runs; the first step waits for the compiler (minutes on a small CPU).
+    # torch.compile each transformer layer (dynamic shapes): fuses the element-wise ops around the matmuls. The first
+    # step waits for the compiler (minutes on a small CPU). Not a default: on an H200, 32 steps of the Llama-3.2-1B
+    # shape ran at 1,711 tokens/s against 18,388 without it (cause not yet established; docs/benchmarks.md).
     compile: bool = False
     warmup_fraction: float = 0.05  # share of the optimizer steps spent warming up the learning rate
     weight_decay: float = 0.0
@@ -120,8 +121,12 @@ class TrainConfig(_Section):
     # auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; adapters and optimizer stay fp32
     # (see train/precision.py for the measurements)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Pack several examples into each row (each attends only to itself); auto: on CUDA, not on CPU.
+    # Pack several examples into each row (each attends only to itself). auto: off, since length-grouped rows have
+    # little padding and keep SDPA's unmasked flash kernel (measured faster on CPU and on an H200; docs/benchmarks.md).
     packing: Literal["auto"] | bool = "auto"
+    # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for bf16 LoRA on CUDA. auto: when
+    # the optional extra is installed (pip install 'tunesmith[liger]') and the model type has them; true: must run.
+    liger: Literal["auto"] | bool = "auto"
     # Under torchrun / accelerate launch (docs/scale-out.md). auto: ddp, or fsdp for full fine-tuning.
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     # classification / multilabel / regression only:

@@ -21,9 +21,11 @@ GPU_BF16_TFLOPS: dict[str, float] = {
     "3090": 71.0, "V100": 125.0, "T4": 65.0,
 }
 UNKNOWN_GPU_TFLOPS = 312.0  # an A100-class assumption when the GPU name is unknown
-# Model FLOP utilization: the share of the spec-sheet rate that a training step sustains. 0.3 is a common
-# figure for well-fed LoRA/full fine-tuning of small and mid-size models (large pretraining runs report 0.4-0.5).
-CUDA_MFU = 0.30
+# Model FLOP utilization: the share of the spec-sheet rate that a training step sustains. Measured on an H200
+# (docs/benchmarks.md, "Training engine on a GPU"): LoRA on the Llama-3.2-1B shape, 32 examples of ~200 tokens
+# per step, 7-10% over a 32-step epoch (warm-up included) and 12-15% in steady steps; 0.3, the figure often
+# quoted for well-fed fine-tuning, was 3-4x optimistic for such small steps.
+CUDA_MFU = 0.12
 # On this kind of CPU a LoRA step on SmolLM2-135M is bound by the many small ops around the matmuls, not the
 # GEMMs: train/precision.py measured 310 tokens/s x ~0.45 GFLOP/token = 140 GFLOP/s against a bf16 GEMM rate of
 # ~1,850 GFLOP/s, i.e. ~8%. docs/plan.md compares this constant with the runs measured for the planner.

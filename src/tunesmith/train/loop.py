@@ -32,7 +32,7 @@ from tunesmith.train.loss import linear_cross_entropy_sum
 from tunesmith.train.precision import Compute, resolve_compute, row_width
 from tunesmith.train.checkpoint import (checkpoint_name, load_checkpoint, load_weights, newest_loadable,
                                         prune_checkpoints, restore_rng, save_checkpoint, save_weights)
-from tunesmith.train import distributed
+from tunesmith.train import distributed, liger
 from tunesmith.train.early_stop import EvalHistory
 from tunesmith.train.guard import BadStepGuard, StopRequest, check_output_room, checkpoint_bytes
 from tunesmith.train.resume import config_hash, flatten
@@ -75,6 +75,10 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     hidden = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                       use_cache=False).last_hidden_state
     selected = hidden[:, :-1][keep]
+    if (getattr(base, "_tunesmith_liger", False) and torch.is_grad_enabled() and type(head) is torch.nn.Linear
+            and head.bias is None and selected.dtype == head.weight.dtype):
+        # Liger's fused linear cross-entropy (CUDA, train/liger.py); evaluation keeps the exact path below.
+        return liger.head_loss_sum(selected, head.weight, labels[keep]), int(keep.sum())
     if type(head) is torch.nn.Linear and head.bias is None:
         # Chunked through the head (train/loss.py): the [labelled tokens x vocab] logits never exist at once.
         return linear_cross_entropy_sum(selected, head.weight, labels[keep]), int(keep.sum())
@@ -226,15 +230,25 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     data_sha256 = sha256_file(train_path) + sha256_file(eval_path)
     lengths = [len(r.input_ids) for r in train_rows]
     max_seq_len = json.loads((run_dir / "data" / "stats.json").read_text())["max_seq_len"]
-    # Packing pays where padding and small launches cost most (CUDA); on CPU rows are already length-grouped
-    # (1.8% padding on the support example) and packed rows make eager attention quadratic in the row length.
-    packing = cfg.packing if cfg.packing != "auto" else device == "cuda"
+    # Length-grouped rows are the default on both devices: they carry little padding (1.8% on the support example)
+    # and need no attention mask, so SDPA runs its causal flash kernel. Packed rows need the block-diagonal mask:
+    # on a CPU that makes eager attention quadratic in the row length, and on an H200 (torch 2.11) SDPA sends masked
+    # attention to cuDNN, which builds a new graph for each new row width (10-14 ms of CPU per attention call; steps
+    # with a new width took 1.4-1.9 s): 6,896 against 18,947 tokens/s over ten steps of the Llama-3.2-1B shape
+    # (bench/gpu_step_profile.py, docs/benchmarks.md).
+    packing = cfg.packing if cfg.packing != "auto" else False
 
     compute = resolve_compute(cfg.precision, config.model.dtype, config.method.kind, device, row_width(lengths))
     model = load_causal_lm(base_path, compute.weights, compute.attention, allow_pickle=config.model.allow_pickle,
                            trust_remote_code=config.model.trust_remote_code)
     model = apply_method(model, config.method, device).to(device)
     model.config.use_cache = False
+    use_liger = d.strategy != "fsdp" and liger.resolve(cfg.liger, device, model.config.model_type, compute.autocast)
+    if use_liger:
+        liger.apply(unwrap(model))
+    elif device == "cuda" and cfg.liger == "auto" and not liger.installed():
+        console.print("Liger kernels are not installed: pip install 'tunesmith[liger]' fuses RMSNorm, RoPE, SwiGLU "
+                      "and the loss on CUDA")
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     fused, layers = 0, {}
@@ -254,6 +268,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                   f"method {config.method.kind}, device {device}, "
                   f"{compute.name}, {attention} attention"
                   + (f", {fused} fused LoRA layers" if fused else "")
+                  + (", Liger kernels (RMSNorm, RoPE, SwiGLU, linear cross-entropy)" if use_liger else "")
                   + (f", fused norm/MLP/attention ({sum(layers.values())} modules)" if any(layers.values()) else ""))
     if d.main:
         check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
@@ -388,7 +403,8 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                    "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
                    "peak_memory_mb": round(peak_memory_mb(device), 1), "train_seconds": round(train_seconds, 2),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device,
-                   "precision": compute.name, "best_step": history.best_step, "best_eval_loss": history.best_loss,
+                   "precision": compute.name, "liger": use_liger, "best_step": history.best_step,
+                   "best_eval_loss": history.best_loss,
                    "adapter_step": step}
         if stop in STOP_SIGNALS:
             summary["interrupted"] = stop

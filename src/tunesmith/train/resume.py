@@ -27,8 +27,8 @@ RESULT_NEUTRAL_KEYS = {
     "model.allow_pickle",  # the same weights, read from another file format
     # ddp on 1, 2 or 8 processes takes the same optimizer steps (train/distributed.py), up to float order
     "train.distributed",
-    # the same computation: recomputed activations, or compiled kernels (float order only)
-    "train.gradient_checkpointing", "train.compile",
+    # the same computation: recomputed activations, or compiled or Liger kernels (float order only)
+    "train.gradient_checkpointing", "train.compile", "train.liger",
 }
 # eval.* is the generation stage after training (metrics, max_new_tokens, ...) and sweep.* drives `tunesmith
 # sweep` around runs: neither touches the training of this run.

@@ -1,0 +1,43 @@
+"""When Liger's kernels are used (train.liger): the decision is made without a GPU; tests/test_cuda.py runs them."""
+
+import pytest
+import torch
+
+from tunesmith.errors import ConfigError
+from tunesmith.train import liger
+
+
+def test_auto_uses_liger_only_where_it_can_run():
+    assert liger.resolve("auto", "cpu", "llama", None) is False
+    assert liger.resolve(False, "cuda", "llama", None) is False
+    assert "CUDA" in liger.why_not("cpu", "llama", None)
+    if not liger.installed():
+        assert "not installed" in liger.why_not("cuda", "llama", None)
+        assert liger.resolve("auto", "cuda", "llama", None) is False
+    else:  # a CUDA machine with the [liger] extra
+        assert liger.why_not("cuda", "llama", None) is None
+        assert "autocast" in liger.why_not("cuda", "llama", torch.bfloat16)
+        assert "no kernels" in liger.why_not("cuda", "not-a-model", None)
+
+
+def test_liger_true_where_it_cannot_run_is_a_config_error_with_the_fix():
+    with pytest.raises(ConfigError) as caught:
+        liger.resolve(True, "cpu", "llama", None)
+    assert "train.liger is true" in str(caught.value) and "tunesmith[liger]" in caught.value.fix
+
+
+def test_train_liger_setting_is_validated():
+    from tunesmith.config import load_config
+
+    assert load_config(raw={"name": "x", "data": {"train": "t.jsonl"}, "train": {"liger": False}}).train.liger is False
+    assert load_config(raw={"name": "x", "data": {"train": "t.jsonl"}}).train.liger == "auto"
+    with pytest.raises(ConfigError):
+        load_config(raw={"name": "x", "data": {"train": "t.jsonl"}, "train": {"liger": "sometimes"}})
+
+
+def test_the_train_function_survives_importing_the_train_package():
+    """`tunesmith.train` is the API function even after a module of the tunesmith.train package is imported."""
+    import tunesmith
+    import tunesmith.train.loop
+
+    assert callable(tunesmith.train) and tunesmith.train.__module__ == "tunesmith"
