@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.train import liger
 
 
@@ -35,9 +35,15 @@ def test_train_liger_setting_is_validated():
         load_config(raw={"name": "x", "data": {"train": "t.jsonl"}, "train": {"liger": "sometimes"}})
 
 
-def test_the_train_function_survives_importing_the_train_package():
-    """`tunesmith.train` is the API function even after a module of the tunesmith.train package is imported."""
+def test_the_train_api_survives_importing_the_train_package(tmp_path, tiny_llama):
+    """`tunesmith.train(config)` trains even after a module of the tunesmith.train package is imported (which binds
+    the package to that name), and the dotted import of such a module works too."""
     import tunesmith
-    import tunesmith.train.loop
+    import tunesmith.train.loss as loss
 
-    assert callable(tunesmith.train) and tunesmith.train.__module__ == "tunesmith"
+    assert loss.CHUNK_ELEMENTS > 0
+    assert callable(tunesmith.train)
+    with pytest.raises(TunesmithError) as caught:  # it reached the pipeline: the data file is checked first
+        tunesmith.train({"name": "x", "data": {"train": str(tmp_path / "missing.jsonl")},
+                         "model": {"base": str(tiny_llama)}, "output": str(tmp_path / "run")})
+    assert "missing.jsonl" in str(caught.value)

@@ -6,15 +6,10 @@ The Python API mirrors the CLI. Heavy imports (torch, transformers) happen insid
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-
-# The subpackage first, so the train() function below is what `tunesmith.train` names: importing a module of a
-# package that is not yet loaded binds the package as an attribute of its parent, which would replace train().
-importlib.import_module("tunesmith.train")
 
 if TYPE_CHECKING:
     from tunesmith.config import ProjectConfig
@@ -48,6 +43,11 @@ def train(config: ProjectConfig | str | Path | dict, overrides: list[str] | None
     from tunesmith.pipeline import train_project
 
     return train_project(_as_config(config, overrides), resume=resume, force=force)
+
+
+# `tunesmith.train` is also the name of the training package, which replaces the function above as the attribute
+# once any of its modules is imported; the package is callable and calls this (tunesmith/train/__init__.py).
+train_project_api = train
 
 
 def evaluate(run_dir: str | Path, data: str | None = None) -> dict:
