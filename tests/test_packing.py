@@ -96,3 +96,27 @@ def test_right_padded_batch_without_mask_equals_one_by_one_loss(tiny_llama):
             single = [label_loss_sum(model, collate([row], tokenizer.pad_token_id)) for row in rows]
         assert n == sum(s[1] for s in single)
         assert abs(float(total) - sum(float(s[0]) for s in single)) < 1e-4 * float(total), attention
+
+
+def test_a_padding_row_for_one_row_batches_changes_no_loss_or_gradient(tiny_llama):
+    """train.compile pads one-row micro-batches to two rows (at_least_two_rows): same loss sum, labels, gradient."""
+    from tunesmith.data.batching import at_least_two_rows
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    model = load_causal_lm(str(tiny_llama), torch.float32, "eager")
+    rows = rows_for(tokenizer, 3, seed=7)
+    for batch in (collate([rows[0]], tokenizer.pad_token_id),
+                  collate_packed([rows], tokenizer.pad_token_id)):
+        padded = at_least_two_rows(batch, tokenizer.pad_token_id)
+        assert padded["input_ids"].shape[0] == 2 and set(padded) == set(batch)
+        results = []
+        for b in (batch, padded):
+            model.zero_grad()
+            total, n = label_loss_sum(model, b)
+            total.backward()
+            results.append((float(total), n, model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+        assert results[0][1] == results[1][1]
+        assert abs(results[0][0] - results[1][0]) < 1e-4
+        assert torch.allclose(results[0][2], results[1][2], atol=1e-6)
+    two = collate(rows[:2], tokenizer.pad_token_id)
+    assert at_least_two_rows(two, tokenizer.pad_token_id) is two

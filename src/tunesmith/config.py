@@ -110,7 +110,8 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     # torch.compile each transformer layer (dynamic shapes): fuses the element-wise ops around the matmuls. The first
     # step waits for the compiler (minutes on a small CPU). Not a default: on an H200, 32 steps of the Llama-3.2-1B
-    # shape ran at 1,711 tokens/s against 18,388 without it (cause not yet established; docs/benchmarks.md).
+    # shape ran at 1,711 tokens/s against 18,388 without it, likely from recompiling at one-row micro-batches, which
+    # are now padded to two rows (data/batching.at_least_two_rows; docs/benchmarks.md).
     compile: bool = False
     warmup_fraction: float = 0.05  # share of the optimizer steps spent warming up the learning rate
     weight_decay: float = 0.0

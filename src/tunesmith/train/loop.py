@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from tunesmith.config import ProjectConfig
 from tunesmith.console import console, progress_bar
-from tunesmith.data.batching import collate, collate_packed, packed_micro_batches, step_groups
+from tunesmith.data.batching import (at_least_two_rows, collate, collate_packed, packed_micro_batches,
+                                     step_groups)
 from tunesmith.data.tokenize import IGNORE_INDEX, Tokenized
 from tunesmith.errors import ConfigError, RunDirError
 from tunesmith.io import sha256_file, write_text_atomic
@@ -337,6 +338,8 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                     tensors = [{k: v.to(device) for k, v in collate([train_rows[i] for i in ids],
                                                                       tokenizer.pad_token_id).items()}
                                for ids in group]
+                if cfg.compile:
+                    tensors = [at_least_two_rows(t, tokenizer.pad_token_id) for t in tensors]
                 # Normalize by the labelled tokens of the whole optimizer step, so accumulation (and any number
                 # of processes) gives the same gradient as one big batch.
                 n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
