@@ -26,6 +26,18 @@ def test_liger_true_where_it_cannot_run_is_a_config_error_with_the_fix():
     assert "train.liger is true" in str(caught.value) and "tunesmith[liger]" in caught.value.fix
 
 
+def test_liger_true_on_a_cpu_stops_the_run_before_anything_is_prepared(tmp_path, tiny_llama):
+    import tunesmith
+    from conftest import make_pairs, write_jsonl
+
+    data = write_jsonl(tmp_path / "train.jsonl", make_pairs(20))
+    with pytest.raises(ConfigError) as caught:
+        tunesmith.train({"name": "x", "data": {"train": str(data)}, "model": {"base": str(tiny_llama)},
+                         "train": {"liger": True, "device": "cpu"}, "output": str(tmp_path / "run")})
+    assert "CUDA" in str(caught.value)
+    assert not (tmp_path / "run" / "data").exists()
+
+
 def test_train_liger_setting_is_validated():
     from tunesmith.config import load_config
 

@@ -252,7 +252,17 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     from tunesmith.train import distributed
     from tunesmith.train.loop import pick_device
 
-    d = distributed.setup(pick_device(config.train.device), config.train.distributed, config.method.kind)
+    device = pick_device(config.train.device)
+    d = distributed.setup(device, config.train.distributed, config.method.kind)
+    if decoder and config.train.liger is True:  # refuse before the data are prepared and the weights loaded
+        from transformers import AutoConfig
+
+        from tunesmith.train import liger
+        from tunesmith.train.precision import resolve_compute
+
+        model_type = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.model.trust_remote_code)
+        compute = resolve_compute(config.train.precision, config.model.dtype, config.method.kind, device)
+        liger.resolve(True, device, model_type.model_type, compute.autocast)
     if d.enabled and not decoder:
         raise ConfigError(f"task '{config.task}' trains in one process in this version (its loop is not "
                           "distributed yet)", "run it without torchrun / tunesmith launch")
