@@ -12,6 +12,7 @@ autocast's mixed dtypes.
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 
@@ -58,6 +59,9 @@ def apply(base_model) -> None:
     stays with tunesmith (liger_head_loss), which runs the head on labelled positions only."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
+    # Liger probes its optional backends (CuTe DSL, Ascend) at the first call of each op and logs a warning for every
+    # one that is not installed; its Triton kernels, the ones used here, need none of them.
+    logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
     _apply_liger_kernel_to_instance(model=base_model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
     base_model._tunesmith_liger = True
