@@ -1,5 +1,6 @@
-"""Where a tunesmith training step spends its time on a GPU: per-step wall times of the packed, padded and Liger
-paths on a random-init model, then a torch.profiler table of a few packed steps (top CUDA and CPU operators).
+"""Where a tunesmith training step spends its time on a GPU: per-step wall times of length-grouped (padded) and
+packed rows, each with and without Liger, on a random-init model; then a torch.profiler table of a few steps of the
+first path (top CUDA and CPU operators).
 
     python bench/gpu_step_profile.py [--shape Llama-3.2-1B] [--steps 14] [--tokenizer DIR] [--data CSV]
     python bench/gpu_step_profile.py --shape tiny --steps 4      # on a CPU: checks the script
@@ -67,7 +68,8 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=512)
     parser.add_argument("--tokenizer", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=BITEXT)
-    parser.add_argument("--configs", default="packed,padded,packed+liger")
+    parser.add_argument("--configs", default="padded,packed,padded+liger,packed+liger",
+                        help="packed or padded (length-grouped rows), each optionally +liger")
     args = parser.parse_args()
     import torch
 
@@ -79,7 +81,8 @@ def main() -> None:
     groups = step_groups([len(r.input_ids) for r in rows], args.batch, args.batch, 0)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     profiled = None
-    for name in args.configs.split(","):
+    # Liger patches transformers' Llama module for the whole process, so the paths without it run first.
+    for name in sorted(args.configs.split(","), key=lambda n: n.endswith("+liger")):
         packing, use_liger = name.startswith("packed"), name.endswith("+liger")
         if use_liger and (device != "cuda" or not liger.installed()):
             print(f"{name}: skipped (no CUDA or no liger)")
