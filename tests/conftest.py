@@ -27,6 +27,15 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def rows_for(tokenizer, n: int, seed: int):
+    """make_pairs(n, seed) tokenized as chat rows with completion-only labels (up to 256 tokens)."""
+    from tunesmith.data.tokenize import tokenize_example
+
+    return [tokenize_example(tokenizer, [{"role": "user", "content": r["prompt"]},
+                                         {"role": "assistant", "content": r["completion"]}], 256)
+            for r in make_pairs(n, seed=seed)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

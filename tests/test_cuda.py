@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_pairs
+from conftest import rows_for
 from tunesmith.config import MethodConfig
 from tunesmith.data.batching import collate, collate_packed, packed_micro_batches
-from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.adapters import apply_method, unwrap
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.train import liger
@@ -21,12 +20,6 @@ from tunesmith.train.loop import label_loss_sum
 from tunesmith.train.lora_fast import use_fast_lora
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def rows_for(tokenizer, n: int, seed: int):
-    return [tokenize_example(tokenizer, [{"role": "user", "content": r["prompt"]},
-                                         {"role": "assistant", "content": r["completion"]}], 256)
-            for r in make_pairs(n, seed=seed)]
 
 
 def lora_model(folder, dtype, fast: bool = True):

@@ -2,17 +2,10 @@
 
 import torch
 
-from conftest import make_pairs
+from conftest import rows_for
 from tunesmith.data.batching import collate, collate_packed, pack_best_fit, packed_micro_batches
-from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.train.loop import label_loss_sum
-
-
-def rows_for(tokenizer, n: int, seed: int):
-    return [tokenize_example(tokenizer, [{"role": "user", "content": r["prompt"]},
-                                         {"role": "assistant", "content": r["completion"]}], 256)
-            for r in make_pairs(n, seed=seed)]
 
 
 def test_best_fit_decreasing_fills_rows_without_overflow():

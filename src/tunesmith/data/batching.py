@@ -141,4 +141,3 @@ def at_least_two_rows(batch: dict[str, torch.Tensor], pad_id: int) -> dict[str, 
             extra = torch.full_like(value, fill[key])
         out[key] = torch.cat([value, extra])
     return out
-

@@ -56,7 +56,8 @@ def resolve(setting: bool | str, device: str, model_type: str, autocast: torch.d
 
 def apply(base_model) -> None:
     """Patch a loaded transformers model (not the PEFT wrapper) with Liger's RMSNorm, RoPE and SwiGLU. The loss
-    stays with tunesmith (liger_head_loss), which runs the head on labelled positions only."""
+    stays with tunesmith (head_loss_sum, called by train/loop.label_loss_sum), which runs the head on labelled
+    positions only."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
     # Liger probes its optional backends (CuTe DSL, Ascend) at the first call of each op and logs a warning for every

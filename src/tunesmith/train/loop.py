@@ -76,11 +76,10 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     hidden = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                       use_cache=False).last_hidden_state
     selected = hidden[:, :-1][keep]
-    if (getattr(base, "_tunesmith_liger", False) and torch.is_grad_enabled() and type(head) is torch.nn.Linear
-            and head.bias is None and selected.dtype == head.weight.dtype):
-        # Liger's fused linear cross-entropy (CUDA, train/liger.py); evaluation keeps the exact path below.
-        return liger.head_loss_sum(selected, head.weight, labels[keep]), int(keep.sum())
     if type(head) is torch.nn.Linear and head.bias is None:
+        if getattr(base, "_tunesmith_liger", False) and torch.is_grad_enabled() and selected.dtype == head.weight.dtype:
+            # Liger's fused linear cross-entropy (CUDA, train/liger.py); evaluation keeps the exact path below.
+            return liger.head_loss_sum(selected, head.weight, labels[keep]), int(keep.sum())
         # Chunked through the head (train/loss.py): the [labelled tokens x vocab] logits never exist at once.
         return linear_cross_entropy_sum(selected, head.weight, labels[keep]), int(keep.sum())
     # A head that adapters wrap (target_modules naming lm_head) runs as a module, logits and all.
@@ -237,7 +236,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
     # attention to cuDNN, which builds a new graph for each new row width (10-14 ms of CPU per attention call; steps
     # with a new width took 1.4-1.9 s): 6,896 against 18,947 tokens/s over ten steps of the Llama-3.2-1B shape
     # (bench/gpu_step_profile.py, docs/benchmarks.md).
-    packing = cfg.packing if cfg.packing != "auto" else False
+    packing = cfg.packing is True  # "auto" is off
 
     compute = resolve_compute(cfg.precision, config.model.dtype, config.method.kind, device, row_width(lengths))
     model = load_causal_lm(base_path, compute.weights, compute.attention, allow_pickle=config.model.allow_pickle,
