@@ -128,6 +128,10 @@ class TrainConfig(_Section):
     # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for bf16 LoRA on CUDA. auto: when
     # the optional extra is installed (pip install 'tunesmith[liger]') and the model type has them; true: must run.
     liger: Literal["auto"] | bool = "auto"
+    # Fused C kernels for SwiGLU, RMSNorm, RoPE and the causal softmax of LoRA training on a CPU, compiled once per
+    # machine with the system C compiler (train/cpu_kernels.py). auto: when a compiler builds them, else PyTorch
+    # ops; true: must build (else an error naming the fix); false: PyTorch ops.
+    cpu_kernels: Literal["auto"] | bool = "auto"
     # Under torchrun / accelerate launch (docs/scale-out.md). auto: ddp, or fsdp for full fine-tuning.
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     # classification / multilabel / regression only:

@@ -254,15 +254,22 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
 
     device = pick_device(config.train.device)
     d = distributed.setup(device, config.train.distributed, config.method.kind)
-    if decoder and config.train.liger is True:  # refuse before the data are prepared and the weights loaded
-        from transformers import AutoConfig
-
-        from tunesmith.train import liger
+    if decoder and True in (config.train.liger, config.train.cpu_kernels):
+        # refuse before the data are prepared and the weights loaded (and build the CPU kernels now)
         from tunesmith.train.precision import resolve_compute
 
-        model_type = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.model.trust_remote_code)
         compute = resolve_compute(config.train.precision, config.model.dtype, config.method.kind, device)
-        liger.resolve(True, device, model_type.model_type, compute.autocast)
+        if config.train.liger is True:
+            from transformers import AutoConfig
+
+            from tunesmith.train import liger
+
+            model_type = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.model.trust_remote_code)
+            liger.resolve(True, device, model_type.model_type, compute.autocast)
+        if config.train.cpu_kernels is True:
+            from tunesmith.train import cpu_kernels
+
+            cpu_kernels.resolve(True, device, config.method.kind == "lora", compute.autocast, config.train.compile)
     if d.enabled and not decoder:
         raise ConfigError(f"task '{config.task}' trains in one process in this version (its loop is not "
                           "distributed yet)", "run it without torchrun / tunesmith launch")

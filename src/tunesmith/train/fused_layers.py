@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models.adapters import unwrap
-from tunesmith.train.lora_fast import group_forward, join_frozen_weights, lora_backward, lora_forward, lora_parts, plain
+from tunesmith.train.lora_fast import group_forward, join_frozen_weights, lora_forward, lora_parts, plain
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
 # Rows up to EAGER_MAX_TOKENS take the matrix-product attention below; longer rows take SDPA's flash kernel
@@ -69,14 +69,38 @@ def _normalize(x: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor) -> tor
     return (x * rstd.to(x.dtype)).mul_(weight)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * (x * rsqrt(mean(x^2) + eps)) through _RMSNorm. The output carries `_tunesmith_norm`, what
-    rebuilds it (_normalize and its inputs), so a grouped LoRA product reading it (_projections) can keep those
-    instead of a second copy of the output."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, kernels=None) -> torch.Tensor:
+    """weight * (x * rsqrt(mean(x^2) + eps)) through _RMSNormKernel (the fused CPU kernels, when given and the
+    weight is frozen) or _RMSNorm. The output carries `_tunesmith_norm`, what rebuilds it (a function and its
+    inputs), so a grouped LoRA product reading it (_grouped) can keep those instead of a second copy of the output."""
+    if kernels is not None and kernels.supports(x) and not weight.requires_grad:
+        x = x.contiguous()
+        y, rstd = _RMSNormKernel.apply(x, weight, eps, kernels)
+        y._tunesmith_norm = (kernels.rms_norm_apply, (x.detach(), rstd, weight), y._version)
+        return y
     rstd = _rstd(x.detach(), eps)
     y = _RMSNorm.apply(x, weight, rstd)
-    y._tunesmith_norm = (x, rstd, weight, y._version)
+    y._tunesmith_norm = (_normalize, (x, rstd, weight), y._version)
     return y
+
+
+class _RMSNormKernel(torch.autograd.Function):
+    """_RMSNorm's computation in one pass forward and one backward (train/cpu_kernels.c), the product with the
+    scale rounded once instead of twice; the weight is frozen. Returns (y, rstd)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, kernels):
+        y, rstd = kernels.rms_norm_forward(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.kernels = kernels
+        ctx.mark_non_differentiable(rstd)
+        return y, rstd
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        x, weight, rstd = ctx.saved_tensors
+        grad_x = ctx.kernels.rms_norm_backward(grad, x, weight, rstd) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -109,85 +133,105 @@ class _RMSNorm(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-def _norm_forward(module, original, hidden_states):
+def _norm_forward(module, original, hidden_states, kernels=None):
     if not _plain_tensor(hidden_states) or module.weight.dtype != hidden_states.dtype:
         return original(hidden_states)
-    return rms_norm(hidden_states, module.weight, float(module.variance_epsilon))
+    return rms_norm(hidden_states, module.weight, float(module.variance_epsilon), kernels)
 
 
 # --- SwiGLU ----------------------------------------------------------------------------------------------------
 
 class _SiluMul(torch.autograd.Function):
-    """silu(gate) * up, keeping only gate and up for backward."""
+    """silu(gate) * up of a joined [..., 2 * cols] gate/up product, keeping only the product's input for backward
+    and returning its gradient as one tensor (no split and concatenation). kernels: the fused CPU kernels
+    (train/cpu_kernels.py), or None for PyTorch ops."""
 
     @staticmethod
-    def forward(ctx, gate, up):
-        ctx.save_for_backward(gate, up)
-        return F.silu(gate).mul_(up)
+    def forward(ctx, gate_up, kernels):
+        ctx.save_for_backward(gate_up)
+        ctx.kernels = kernels
+        return _silu_mul(gate_up, kernels)
 
     @staticmethod
     def backward(ctx, grad):
-        gate, up = ctx.saved_tensors
-        grad_gate = grad_up = None
-        if ctx.needs_input_grad[0]:
-            grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
-        if ctx.needs_input_grad[1]:
-            grad_up = F.silu(gate).mul_(grad)
-        return grad_gate, grad_up
+        (gate_up,) = ctx.saved_tensors
+        return _swiglu_backward(ctx.kernels, grad, gate_up, want_product=False)[0], None
+
+
+def _silu_mul(gate_up: torch.Tensor, kernels) -> torch.Tensor:
+    if kernels is not None:
+        return kernels.swiglu_forward(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate).mul_(up)
+
+
+def _swiglu_backward(kernels, grad_h: torch.Tensor, gate_up: torch.Tensor, want_product: bool):
+    """(d loss / d gate_up, silu(gate) * up or None) from grad_h = d loss / d (silu(gate) * up)."""
+    if kernels is not None:
+        return kernels.swiglu_backward(grad_h, gate_up, want_product)
+    gate, up = gate_up.chunk(2, dim=-1)
+    silu = F.silu(gate)
+    product = (silu * up) if want_product else None
+    grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate)
+    return torch.cat([grad_gate, silu.mul_(grad_h)], dim=-1), product
 
 
 class _SwiGLULora(torch.autograd.Function):
-    """down_proj(silu(gate) * up) for a plain LoRA down_proj (train/lora_fast.lora_forward), keeping gate and up
-    but not the product: backward rebuilds it for A's gradient (one multiply, silu being needed there anyway),
-    so each layer keeps one [tokens x intermediate] tensor less."""
+    """down_proj(silu(gate) * up) for a plain LoRA down_proj (train/lora_fast.lora_forward), from the joined
+    gate/up product, keeping that but not silu(gate) * up: backward rebuilds it for A's gradient (in the same
+    pass as the gate/up gradient), so each layer keeps one [tokens x intermediate] tensor less."""
 
     @staticmethod
-    def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling: float):
-        h = F.silu(gate).mul_(up)
+    def forward(ctx, gate_up, kernels, weight, bias, lora_a, lora_b, scaling: float):
+        h = _silu_mul(gate_up, kernels)
         a, b = lora_a.to(h.dtype), lora_b.to(h.dtype)
         y, z = lora_forward(h.reshape(-1, h.shape[-1]), weight, bias, a, b, scaling)
-        ctx.save_for_backward(gate, up, z, weight, a, b)
-        ctx.scaling, ctx.dtypes = scaling, (lora_a.dtype, lora_b.dtype)
+        ctx.save_for_backward(gate_up, z, weight, a, b)
+        ctx.kernels, ctx.scaling, ctx.dtypes = kernels, scaling, (lora_a.dtype, lora_b.dtype)
         return y.reshape(*h.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_y):
-        gate, up, z, weight, a, b = ctx.saved_tensors
-        want_gate, want_up, _, _, want_a, want_b, _ = ctx.needs_input_grad
-        silu = F.silu(gate)
-        g = grad_y.reshape(-1, grad_y.shape[-1]).to(gate.dtype)
-        grad_h, grad_a, grad_b = lora_backward(
-            g, lambda: (silu * up).reshape(-1, gate.shape[-1]), z, weight, a, b, ctx.scaling,
-            want_gate or want_up, (ctx.dtypes[0] if want_a else None, ctx.dtypes[1] if want_b else None))
-        grad_gate = grad_up = None
-        if grad_h is not None:
-            grad_h = grad_h.reshape(gate.shape)
-            if want_gate:
-                grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate)
-            if want_up:
-                grad_up = silu.mul_(grad_h)
-        return grad_gate, grad_up, None, None, grad_a, grad_b, None
+        gate_up, z, weight, a, b = ctx.saved_tensors
+        want_input, _, _, _, want_a, want_b, _ = ctx.needs_input_grad
+        cols = gate_up.shape[-1] // 2
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(gate_up.dtype)
+        gz = (g @ b).mul_(ctx.scaling)  # d loss / d z, [tokens, r]
+        grad_gate_up = product = None
+        if want_input:
+            grad_h = (g @ weight).addmm_(gz, a).reshape(*gate_up.shape[:-1], cols)
+            grad_gate_up, product = _swiglu_backward(ctx.kernels, grad_h, gate_up, want_product=want_a)
+        elif want_a:
+            product = _silu_mul(gate_up, ctx.kernels)
+        grad_a = (gz.T @ product.reshape(-1, cols)).to(ctx.dtypes[0]) if want_a else None
+        grad_b = (g.T @ z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
+        return grad_gate_up, None, None, None, grad_a, grad_b, None
 
 
-def _mlp_forward(module, original, x):
+def _mlp_forward(module, original, x, kernels=None):
     if not _plain_tensor(x) or type(module.act_fn).__name__ not in SILU_CLASSES:
         return original(x)
-    gate, up = _projections(x, module.gate_proj, module.up_proj)
-    if plain(module.down_proj, gate):
-        return _SwiGLULora.apply(gate, up, *lora_parts(module.down_proj))
-    return module.down_proj(_SiluMul.apply(gate, up))
+    kernels = kernels if kernels is not None and kernels.supports(x) else None
+    gate_up = _grouped(x, module.gate_proj, module.up_proj)
+    if plain(module.down_proj, gate_up):
+        return _SwiGLULora.apply(gate_up, kernels, *lora_parts(module.down_proj))
+    return module.down_proj(_SiluMul.apply(gate_up, kernels))
+
+
+def _grouped(x: torch.Tensor, *layers) -> torch.Tensor:
+    """The outputs of layers applied to x, side by side ([..., sum of out_features]): one grouped LoRA product
+    where all are plain LoRA layers (train/lora_fast.group_forward), else each layer's output concatenated.
+    When x is a fused norm's unchanged output (rms_norm), the product keeps the norm's input and scale, which
+    the norm keeps anyway, instead of x."""
+    norm = getattr(x, "_tunesmith_norm", None)
+    source = norm[:2] if norm is not None and norm[2] == x._version else None
+    joined = group_forward(layers, x, source)
+    return joined if joined is not None else torch.cat([layer(x) for layer in layers], dim=-1)
 
 
 def _projections(x: torch.Tensor, *layers) -> tuple[torch.Tensor, ...]:
-    """Each layer applied to x: as one grouped LoRA product where all are plain LoRA layers
-    (train/lora_fast.group_forward), else one by one. When x is a fused norm's unchanged output (rms_norm),
-    the product keeps the norm's input and scale, which the norm keeps anyway, instead of x."""
-    norm = getattr(x, "_tunesmith_norm", None)
-    source = (_normalize, norm[:3]) if norm is not None and norm[3] == x._version else None
-    joined = group_forward(layers, x, source)
-    if joined is None:
-        return tuple(layer(x) for layer in layers)
-    return joined.split([layer.out_features for layer in layers], dim=-1)
+    """Each layer applied to x (through _grouped), as separate views."""
+    return _grouped(x, *layers).split([layer.out_features for layer in layers], dim=-1)
 
 
 # --- RoPE + causal attention -------------------------------------------------------------------------------------
@@ -252,8 +296,55 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return out.view(b, kv_heads, groups, s, d).permute(0, 3, 1, 2, 4).reshape(b, s, heads * d)
 
 
+class _KernelAttention(torch.autograd.Function):
+    """RoPE + causal attention from the joined q/k/v product [b, s, (heads + 2 * kv_heads) * d], with the fused
+    CPU kernels: RoPE writes q straight into the stacked-heads layout of causal_attention (no copy), the causal
+    softmax runs in place on the scores (no mask, no second [scores] tensor) and skips the keys a query cannot
+    see, and backward writes q's, k's and v's gradients into one tensor shaped like the input (no
+    concatenation). Returns [b, s, heads * d]."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, scale: float, heads: int, kv_heads: int, kernels):
+        b, s, width = qkv.shape
+        d = width // (heads + 2 * kv_heads)
+        groups = heads // kv_heads
+        q = qkv[..., :heads * d].view(b, s, heads, d)
+        k = qkv[..., heads * d:(heads + kv_heads) * d].view(b, s, kv_heads, d)
+        v = qkv[..., (heads + kv_heads) * d:].view(b, s, kv_heads, d)
+        # [b, heads, s, d] is [b, kv, groups * s, d] with the query heads of one key head stacked
+        stacked = kernels.rope(q, cos, sin, torch.empty(b, heads, s, d, dtype=qkv.dtype).transpose(1, 2), scale,
+                               False).transpose(1, 2).reshape(b, kv_heads, groups * s, d)
+        keys = kernels.rope(k, cos, sin, torch.empty(b, kv_heads, s, d, dtype=qkv.dtype).transpose(1, 2), 1.0,
+                            False).transpose(1, 2)  # [b, kv, s, d]
+        values = v.transpose(1, 2).contiguous()  # [b, kv, s, d]
+        probs = kernels.causal_softmax_(stacked @ keys.transpose(-1, -2))  # [b, kv, groups * s, s]
+        out = probs @ values  # [b, kv, groups * s, d]
+        ctx.save_for_backward(stacked, keys, values, probs, cos, sin)
+        ctx.kernels, ctx.scale, ctx.heads = kernels, scale, heads
+        return out.view(b, kv_heads, groups, s, d).permute(0, 3, 1, 2, 4).reshape(b, s, heads * d)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        stacked, keys, values, probs, cos, sin = ctx.saved_tensors
+        kernels, heads = ctx.kernels, ctx.heads
+        b, kv_heads, s, d = keys.shape
+        groups = heads // kv_heads
+        grad = grad_out.to(values.dtype).view(b, s, kv_heads, groups, d).permute(0, 2, 3, 1, 4)
+        grad = grad.reshape(b, kv_heads, groups * s, d)
+        grad_qkv = torch.empty(b, s, (heads + 2 * kv_heads) * d, dtype=values.dtype)
+        grad_qkv[..., (heads + kv_heads) * d:].view(b, s, kv_heads, d).copy_(
+            (probs.transpose(-1, -2) @ grad).transpose(1, 2))  # v
+        grad_scores = kernels.causal_softmax_backward_(grad @ values.transpose(-1, -2), probs)
+        grad_stacked = (grad_scores @ keys).view(b, heads, s, d).transpose(1, 2)  # [b, s, heads, d] view
+        kernels.rope(grad_stacked, cos, sin, grad_qkv[..., :heads * d].view(b, s, heads, d), ctx.scale, True)
+        grad_keys = (grad_scores.transpose(-1, -2) @ stacked).transpose(1, 2)  # [b, s, kv, d] view
+        kernels.rope(grad_keys, cos, sin, grad_qkv[..., heads * d:(heads + kv_heads) * d].view(b, s, kv_heads, d),
+                     1.0, True)
+        return grad_qkv, None, None, None, None, None, None
+
+
 def _attention_forward(module, original, hidden_states, position_embeddings=None, attention_mask=None,
-                       *args, **kwargs):
+                       *args, kernels=None, **kwargs):
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if (args or attention_mask is not None or cache is not None or position_embeddings is None
             or kwargs.get("output_attentions") or getattr(module, "sliding_window", None)
@@ -262,6 +353,11 @@ def _attention_forward(module, original, hidden_states, position_embeddings=None
     b, s, _ = hidden_states.shape
     d = module.head_dim
     cos, sin = position_embeddings  # [b, s, d]
+    if kernels is not None and kernels.supports(hidden_states) and s <= EAGER_MAX_TOKENS:
+        qkv = _grouped(hidden_states, module.q_proj, module.k_proj, module.v_proj)
+        out = _KernelAttention.apply(qkv, cos.to(qkv.dtype), sin.to(qkv.dtype), module.scaling,
+                                     module.q_proj.out_features // d, module.k_proj.out_features // d, kernels)
+        return module.o_proj(out), None
     cos, sin = cos.unsqueeze(2).to(hidden_states.dtype), sin.unsqueeze(2).to(hidden_states.dtype)
     q, k, v = _projections(hidden_states, module.q_proj, module.k_proj, module.v_proj)
     q, k, v = q.view(b, s, -1, d), k.view(b, s, -1, d), v.view(b, s, -1, d)
@@ -275,9 +371,10 @@ def _attention_forward(module, original, hidden_states, position_embeddings=None
 
 # --- patching --------------------------------------------------------------------------------------------------
 
-def use_fused_layers(model) -> dict[str, int]:
+def use_fused_layers(model, kernels=None) -> dict[str, int]:
     """Route the RMSNorm, MLP and attention modules of `model` that these functions reproduce through them;
-    returns how many of each were patched. Idempotent."""
+    returns how many of each were patched. Idempotent. kernels: the fused CPU kernels (train/cpu_kernels.load),
+    used for the tensors they support; None: PyTorch ops only."""
     counts = {"norm": 0, "mlp": 0, "attention": 0}
     wrappers = (("norm", NORM_CLASSES, _norm_forward), ("mlp", MLP_CLASSES, _mlp_forward),
                 ("attention", ATTENTION_CLASSES, _attention_forward))
@@ -291,7 +388,8 @@ def use_fused_layers(model) -> dict[str, int]:
                 elif kind == "mlp":
                     join_frozen_weights([module.gate_proj, module.up_proj])
                 module.forward = types.MethodType(
-                    lambda self, *a, _orig=module.forward, _w=wrapper, **k: _w(self, _orig, *a, **k), module)
+                    lambda self, *a, _orig=module.forward, _w=wrapper, **k: _w(self, _orig, *a, kernels=kernels,
+                                                                                **k), module)
                 module._tunesmith_fused = True
                 counts[kind] += 1
     if counts["attention"]:

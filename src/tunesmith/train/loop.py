@@ -33,7 +33,7 @@ from tunesmith.train.loss import linear_cross_entropy_sum
 from tunesmith.train.precision import Compute, resolve_compute, row_width
 from tunesmith.train.checkpoint import (checkpoint_name, load_checkpoint, load_weights, newest_loadable,
                                         prune_checkpoints, restore_rng, save_checkpoint, save_weights)
-from tunesmith.train import distributed, liger
+from tunesmith.train import cpu_kernels, distributed, liger
 from tunesmith.train.early_stop import EvalHistory
 from tunesmith.train.guard import BadStepGuard, StopRequest, check_output_room, checkpoint_bytes
 from tunesmith.train.resume import config_hash, flatten
@@ -251,12 +251,14 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                       "and the loss on CUDA")
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    fused, layers = 0, {}
+    fused, layers, kernels = 0, {}, None
     if config.method.kind == "lora" and d.strategy != "fsdp":
         fused = use_fast_lora(model)  # adapter path in the base dtype, one autograd node per layer
         if device == "cpu" and compute.autocast is None and not cfg.compile:
-            # hand-written RMSNorm / SwiGLU / attention passes: on a CPU, what torch.compile would fuse
-            layers = use_fused_layers(model)
+            # hand-written RMSNorm / SwiGLU / attention passes: on a CPU, what torch.compile would fuse; with the
+            # fused C kernels where they build (train/cpu_kernels.py)
+            kernels = cpu_kernels.resolve(cfg.cpu_kernels, device, True, None, False)
+            layers = use_fused_layers(model, kernels)
     distributed.broadcast_parameters(model, d)  # ddp: every rank starts from rank 0's adapter init
     model = distributed.shard_model(model, d)  # fsdp: each rank keeps a shard of every layer
     if cfg.compile:
@@ -269,7 +271,8 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                   f"{compute.name}, {attention} attention"
                   + (f", {fused} fused LoRA layers" if fused else "")
                   + (", Liger kernels (RMSNorm, RoPE, SwiGLU, linear cross-entropy)" if use_liger else "")
-                  + (f", fused norm/MLP/attention ({sum(layers.values())} modules)" if any(layers.values()) else ""))
+                  + (f", fused norm/MLP/attention ({sum(layers.values())} modules)" if any(layers.values()) else "")
+                  + (", fused CPU kernels" if kernels is not None else ""))
     if d.main:
         check_output_room(run_dir, checkpoint_bytes(model))  # before the first step, not at the first save
     model.train()
@@ -405,7 +408,8 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                    "train_tokens_per_s": round(tokens / max(train_seconds, 1e-9), 2),
                    "peak_memory_mb": round(peak_memory_mb(device), 1), "train_seconds": round(train_seconds, 2),
                    "trainable_parameters": trainable, "total_parameters": total, "device": device,
-                   "precision": compute.name, "liger": use_liger, "best_step": history.best_step,
+                   "precision": compute.name, "liger": use_liger, "cpu_kernels": kernels is not None,
+                   "best_step": history.best_step,
                    "best_eval_loss": history.best_loss,
                    "adapter_step": step}
         if stop in STOP_SIGNALS:

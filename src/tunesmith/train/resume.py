@@ -28,7 +28,7 @@ RESULT_NEUTRAL_KEYS = {
     # ddp on 1, 2 or 8 processes takes the same optimizer steps (train/distributed.py), up to float order
     "train.distributed",
     # the same computation: recomputed activations, or compiled or Liger kernels (float order only)
-    "train.gradient_checkpointing", "train.compile", "train.liger",
+    "train.gradient_checkpointing", "train.compile", "train.liger", "train.cpu_kernels",
 }
 # eval.* is the generation stage after training (metrics, max_new_tokens, ...) and sweep.* drives `tunesmith
 # sweep` around runs: neither touches the training of this run.
