@@ -74,6 +74,7 @@ def test_smollm2_lora_loss_falls_and_the_saved_adapter_reproduces_the_trained_mo
     from tunesmith.data.tokenize import ensure_chat_template
     from tunesmith.pipeline import train_project
     from tunesmith.train.loop import eval_loss, read_tokenized
+    from tunesmith.train import cpu_kernels
     from tunesmith.train.fused_layers import use_fused_layers
     from tunesmith.train.lora_fast import use_fast_lora
     from tunesmith.train.precision import resolve_compute
@@ -96,9 +97,10 @@ def test_smollm2_lora_loss_falls_and_the_saved_adapter_reproduces_the_trained_mo
     compute = resolve_compute("auto", "auto", "lora", "cpu")  # as in training
     model = PeftModel.from_pretrained(load_causal_lm(base_path, compute.weights, compute.attention), run / "adapter")
     # as in training: the fused adapter path computes in bf16, PEFT's in fp32 (~3e-4 apart), and the fused
-    # norm/MLP/attention passes round differently in bf16 than the model's own layers
+    # norm/MLP/attention passes round differently in bf16 than the model's own layers (with the fused CPU
+    # kernels where they build, as in training)
     use_fast_lora(model)
-    use_fused_layers(model)
+    use_fused_layers(model, cpu_kernels.resolve("auto", "cpu", True, compute.autocast, False))
     tokenizer = load_tokenizer(str(run / "adapter"))
     ensure_chat_template(tokenizer)
     rows = read_tokenized(run / "data" / "eval.tokens.jsonl")

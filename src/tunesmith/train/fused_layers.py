@@ -20,6 +20,13 @@ r=16, 8 rows x ~228 tokens, bf16 weights), the step outside the matrix products 
   norm's input and scale (which the norm keeps anyway) to rebuild it in backward. With the two rebuilds a layer
   keeps 13.9 kB per token instead of 19.3 kB (SmolLM2, rows of 120; docs/plan.md itemizes it).
 
+With the fused CPU kernels (train/cpu_kernels.py, built where a C compiler is found) SwiGLU, RMSNorm, RoPE and
+the causal softmax each become one C loop forward and one backward, and attention works from the joined q/k/v
+product (_KernelAttention): RoPE writes q straight into the stacked layout, the softmax runs in place and skips
+the masked keys, and the three gradients land in one tensor. SwiGLU takes the joined gate/up product either way
+and returns one gradient for it, so no split is concatenated back in backward. Without the kernels the same
+steps run as the PyTorch ops described above.
+
 Every patched forward checks its inputs per call and falls back to the model's own forward for anything it does
 not compute exactly as the model does: a KV cache, an explicit attention mask (padding, packed rows), autocast,
 dropout, sliding windows, or output_attentions.
