@@ -4,6 +4,7 @@ Variants, each in its own process (so peak RSS is its own), same model, LoRA con
   (a) HF Trainer + PEFT + DataCollatorForSeq2Seq padding, fp32, as users run it
   (b) the same with torch.set_flush_denormal(True)
   (c) tunesmith's training loop with its defaults
+  (d) on request (--variants): (c) with train.cpu_kernels: false, what the fused CPU kernels are worth
 Data: Bitext customer-support pairs from ../shared/data (variable length), tokenized once with the chat template
 and completion-only labels, so every variant trains on identical rows. Real tokens/s = non-padding input tokens
 ÷ seconds in the training loop (model loading excluded).
@@ -58,11 +59,11 @@ print(json.dumps({"tokens_per_s": tokens / seconds, "seconds": seconds, "final_l
 TUNESMITH_VARIANT = r"""
 import json, resource, sys, time
 import tunesmith
-train_path, out = sys.argv[1], sys.argv[2]
+train_path, extra, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 started = time.perf_counter()
 card = tunesmith.train({"name": "bench", "data": {"train": train_path, "eval_fraction": 0.02, "max_seq_len": 256,
                         "clean": {"dedup": "none"}},
-                        "train": {"epochs": 1, "micro_batch_size": 8, "global_batch_size": 8},
+                        "train": {"epochs": 1, "micro_batch_size": 8, "global_batch_size": 8, **extra},
                         "output": out})
 records = [json.loads(l) for l in open(out + "/metrics.jsonl")]
 last = [r for r in records if "train_tokens_per_s" in r][-1]
@@ -85,8 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=256)
-    parser.add_argument("--variants", default="abc", help="which of a, b, c to run (ratios need a and b)")
+    parser.add_argument("--variants", default="abc",
+                        help="which of a, b, c, d to run, in that order (ratios need a and b; d: c without the "
+                             "fused CPU kernels)")
     args = parser.parse_args()
+    if not args.variants or not set(args.variants) <= set("abcd"):
+        parser.error(f"--variants takes letters from abcd, not {args.variants!r}")
     if not BITEXT.is_file():
         raise SystemExit(f"needs {BITEXT}")
     from tunesmith.data.tokenize import ensure_chat_template, tokenize_example
@@ -110,18 +115,24 @@ def main() -> None:
         variants = {
             "a": ("(a) HF Trainer + PEFT, padding collator", HF_VARIANT, str(folder / "rows.jsonl"), base, "0"),
             "b": ("(b) (a) + flush denormal", HF_VARIANT, str(folder / "rows.jsonl"), base, "1"),
-            "c": ("(c) tunesmith defaults", TUNESMITH_VARIANT, str(folder / "train.jsonl")),
+            "c": ("(c) tunesmith defaults", TUNESMITH_VARIANT, str(folder / "train.jsonl"), "{}"),
+            # what the fused CPU kernels are worth (train/cpu_kernels.py): not part of the default run
+            "d": ("(d) tunesmith, train.cpu_kernels: false", TUNESMITH_VARIANT, str(folder / "train.jsonl"),
+                  json.dumps({"cpu_kernels": False})),
         }
-        results = {variants[k][0]: run(*variants[k][1:], str(folder / k)) for k in "abc" if k in args.variants}
+        # a letter may repeat (--variants cdcd interleaves two runs of each): one output folder per run
+        results = [(variants[k][0], run(*variants[k][1:], str(folder / f"{i}{k}")))
+                   for i, k in enumerate(args.variants)]
     tokens = sum(len(t.input_ids) for t in tokenized)
     print(f"SmolLM2-135M-Instruct, LoRA r=16 all projections, {args.rows} Bitext pairs ({tokens:,} tokens), "
           f"batch 8, 1 epoch; {platform.machine()}, {os.cpu_count()} cores\n")
-    first = next(iter(results.values()))
-    a = results.get("(a) HF Trainer + PEFT, padding collator", first)
-    b = results.get("(b) (a) + flush denormal", first)
+    by_name = dict(results)  # the last run of each variant
+    first = results[0][1]
+    a = by_name.get("(a) HF Trainer + PEFT, padding collator", first)
+    b = by_name.get("(b) (a) + flush denormal", first)
     print("| variant | real tokens/s | train seconds | peak RSS MB | final loss | mean loss | vs (a) | vs (b) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
+    for name, r in results:
         print(f"| {name} | {r['tokens_per_s']:.0f} | {r['seconds']:.0f} | {r['peak_mb']:.0f} | {r['final_loss']:.3f} "
               f"| {r['mean_loss']:.3f} "
               f"| {r['tokens_per_s'] / a['tokens_per_s']:.1f}x | {r['tokens_per_s'] / b['tokens_per_s']:.1f}x |")
