@@ -2,7 +2,6 @@
 backward, on the strided layouts the trainer hands them; and a machine that cannot build them trains without."""
 
 import json
-import logging
 
 import pytest
 import torch
@@ -148,13 +147,23 @@ def no_compiler(tmp_path, monkeypatch):
     cpu_kernels._library.cache_clear()
 
 
-def test_a_machine_that_cannot_build_them_trains_with_pytorch_ops(no_compiler, caplog):
-    with caplog.at_level(logging.WARNING, logger="tunesmith.train.cpu_kernels"):
-        assert cpu_kernels.resolve("auto", "cpu", True, None, False) is None
-    assert "could not build them" in caplog.text
+def test_a_machine_that_cannot_build_them_trains_with_pytorch_ops(no_compiler, tiny_project):
+    from helpers import cli
+
+    assert cpu_kernels.resolve("auto", "cpu", True, None, False) is None
+    assert "could not build them" in cpu_kernels.build_problem()
     with pytest.raises(ConfigError) as caught:
         cpu_kernels.resolve(True, "cpu", True, None, False)
     assert "train.cpu_kernels is true" in str(caught.value) and "C compiler" in caught.value.fix
+    # a whole run (CC=false reaches the CLI's process through the environment): it says so and trains without
+    result = cli("train", str(tiny_project), "--set", "train.max_steps=2", "--set", "train.device=cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fused CPU kernels off, PyTorch ops instead" in result.stdout and "C compiler" in result.stdout
+    last = json.loads((tiny_project.parent / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["cpu_kernels"] is False
+    refused = cli("train", str(tiny_project), "--set", "train.cpu_kernels=true", "--force")
+    assert refused.returncode == 1 and "train.cpu_kernels is true" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_where_they_do_not_apply():

@@ -29,8 +29,8 @@ import torch
 from tunesmith.errors import ConfigError
 
 log = logging.getLogger(__name__)
-FIX = ("install a C compiler (gcc or clang; CC picks one) for a CPU run, or set train.cpu_kernels: auto "
-       "(or false)")
+INSTALL = "install a C compiler (gcc or clang; CC picks one)"
+FIX = f"{INSTALL} for a CPU run, or set train.cpu_kernels: auto (or false)"
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # -ffast-math lets GCC call glibc's vectorized expf; the kernels handle no inf or NaN specially (a NaN stays NaN
@@ -119,6 +119,11 @@ def load() -> Kernels | None:
     return Kernels(library)
 
 
+def build_problem() -> str | None:
+    """Why the kernels could not be built on this machine, or None when they were (or can be)."""
+    return _library()[1]
+
+
 def why_not(device: str, lora: bool, autocast: torch.dtype | None, compile: bool) -> str | None:
     """Why the kernels cannot serve this run, or None when they can (given that they build)."""
     if device != "cpu":
@@ -143,8 +148,6 @@ def resolve(setting: bool | str, device: str, lora: bool, autocast: torch.dtype 
         library, reason = _library()
         if library is not None:
             return Kernels(library)
-        if setting == "auto":
-            log.warning("fused CPU kernels off, PyTorch ops instead: %s", reason)
     if setting is True:
         raise ConfigError(f"train.cpu_kernels is true but {reason}", FIX)
     return None

@@ -258,6 +258,9 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
             # hand-written RMSNorm / SwiGLU / attention passes: on a CPU, what torch.compile would fuse; with the
             # fused C kernels where they build (train/cpu_kernels.py)
             kernels = cpu_kernels.resolve(cfg.cpu_kernels, device, True, None, False)
+            if kernels is None and cfg.cpu_kernels == "auto":
+                console.print(f"fused CPU kernels off, PyTorch ops instead (slower, same results): "
+                              f"{cpu_kernels.build_problem()}; {cpu_kernels.INSTALL} to use them")
             layers = use_fused_layers(model, kernels)
     distributed.broadcast_parameters(model, d)  # ddp: every rank starts from rank 0's adapter init
     model = distributed.shard_model(model, d)  # fsdp: each rank keeps a shard of every layer
