@@ -26,10 +26,12 @@ UNKNOWN_GPU_TFLOPS = 312.0  # an A100-class assumption when the GPU name is unkn
 # per step, 7-10% over a 32-step epoch (warm-up included) and 12-15% in steady steps; 0.3, the figure often
 # quoted for well-fed fine-tuning, was 3-4x optimistic for such small steps.
 CUDA_MFU = 0.12
-# On this kind of CPU a LoRA step on SmolLM2-135M is bound by the many small ops around the matmuls, not the
-# GEMMs: train/precision.py measured 310 tokens/s x ~0.45 GFLOP/token = 140 GFLOP/s against a bf16 GEMM rate of
-# ~1,850 GFLOP/s, i.e. ~8%. docs/plan.md compares this constant with the runs measured for the planner.
-CPU_MFU = 0.08
+# The share of the measured GEMM rate a CPU LoRA step sustains. It was 0.08 when the step was bound by small ops
+# around the matmuls (310 tokens/s on SmolLM2-135M). With the fused layers and the fused CPU kernels
+# (train/cpu_kernels.py) the support example trained one epoch in 70 s (681 tokens/s) where 0.08 predicted 300 s
+# against a GEMM measured at ~1,000-1,200 GFLOP/s at the time: ~0.34; without the kernels a run is ~25% slower.
+# docs/plan.md compares this constant with the runs measured for the planner.
+CPU_MFU = 0.3
 GEMM_SIZE = 1024  # 2 x 1024^3 = 2.1 GFLOP per product: ~1 ms in bf16 on AMX, ~8 ms in fp32
 
 
