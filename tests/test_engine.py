@@ -1,8 +1,10 @@
 """Training-engine options: token-budget micro-batches and gradient checkpointing."""
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import make_pairs
@@ -119,3 +121,30 @@ def test_compiled_layers_give_the_same_loss_and_gradients(tiny_llama):
     compiled = _step_gradients(model, [rows], tokenizer.pad_token_id)
     for name, grad in plain.items():
         assert torch.allclose(compiled[name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_the_onednn_primitive_cache_is_capped_before_the_first_product_unless_the_user_set_it(monkeypatch, tmp_path):
+    """train_project caps oneDNN's cache first thing (the plan's GEMM benchmark would fix its size otherwise);
+    a value the user exported stays."""
+    import tunesmith.plan as plan
+    from tunesmith.pipeline import train_project
+    from tunesmith.train.loop import ONEDNN_PRIMITIVE_CACHE
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
+        raise RuntimeError("stop before the run")
+
+    monkeypatch.setattr(plan, "enforce_plan", stop)
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in make_pairs(20)))
+    config = load_config(raw={"name": "x", "data": {"train": str(data)}, "output": str(tmp_path / "run")})
+    for exported, expected in ((None, ONEDNN_PRIMITIVE_CACHE), ("8", "8")):
+        if exported is None:
+            monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", exported)
+        with pytest.raises(RuntimeError, match="stop before the run"):
+            train_project(config)
+        assert seen[-1] == expected

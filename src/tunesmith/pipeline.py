@@ -233,8 +233,9 @@ def train_project(config: ProjectConfig, resume: bool = False, force: bool = Fal
     """`tunesmith train`: prepare the data and fit; returns the run card. on_eval: see train.loop.fit.
     Refuses a configuration `tunesmith plan` predicts will not fit in memory, unless ignore_plan."""
     from tunesmith.plan import enforce_plan
-    from tunesmith.train.loop import fit
+    from tunesmith.train.loop import fit, small_onednn_cache
 
+    small_onednn_cache()  # before the plan's GEMM benchmark, the process's first matrix product
     decoder = config.task == "generation" or is_generative(config)  # trained by train/loop.fit
     if not decoder:  # classification with a head, multilabel, regression: their own loop
         from tunesmith.train.classify import fit_task as fit
