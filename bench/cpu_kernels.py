@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     kernels = cpu_kernels.load()
     if kernels is None:
-        raise SystemExit(f"the kernels cannot be built here: {cpu_kernels._library()[1]}")
+        raise SystemExit(f"the kernels cannot be built here: {cpu_kernels.build_problem()}")
     torch.manual_seed(0)
     bf16 = torch.bfloat16
     b, s, hidden, inter, heads, kv, d = 8, 249, 576, 1536, 9, 3, 64

@@ -27,6 +27,16 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def cpu_kernels_or_skip():
+    """The fused CPU kernels (train/cpu_kernels.py), or a skip naming why they cannot be built here."""
+    from tunesmith.train import cpu_kernels
+
+    kernels = cpu_kernels.load()
+    if kernels is None:
+        pytest.skip(f"the fused CPU kernels cannot be built here: {cpu_kernels.build_problem()}")
+    return kernels
+
+
 def rows_for(tokenizer, n: int, seed: int):
     """make_pairs(n, seed) tokenized as chat rows with completion-only labels (up to 256 tokens)."""
     from tunesmith.data.tokenize import tokenize_example

@@ -7,16 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import cpu_kernels_or_skip
 from tunesmith.errors import ConfigError
 from tunesmith.train import cpu_kernels, fused_layers
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    built = cpu_kernels.load()
-    if built is None:
-        pytest.skip(f"the kernels cannot be built here: {cpu_kernels._library()[1]}")
-    return built
+    return cpu_kernels_or_skip()
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype):

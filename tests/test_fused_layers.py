@@ -4,13 +4,13 @@ layers compute, take their fast path where they should, and fall back where they
 import pytest
 import torch
 
-from conftest import make_pairs
+from conftest import cpu_kernels_or_skip, make_pairs
 from tunesmith.config import MethodConfig
 from tunesmith.data.batching import collate
 from tunesmith.data.tokenize import tokenize_example
 from tunesmith.models.adapters import apply_method
 from tunesmith.models.load import load_causal_lm, load_tokenizer
-from tunesmith.train import cpu_kernels, fused_layers, lora_fast
+from tunesmith.train import fused_layers, lora_fast
 from tunesmith.train.lora_fast import use_fast_lora
 from tunesmith.train.loop import label_loss_sum
 
@@ -25,12 +25,7 @@ def _batch(tiny_llama, n=6):
 
 def _kernels(use: bool):
     """The fused CPU kernels when asked for (skipping where they cannot be built), else None."""
-    if not use:
-        return None
-    kernels = cpu_kernels.load()
-    if kernels is None:
-        pytest.skip("the fused CPU kernels cannot be built here")
-    return kernels
+    return cpu_kernels_or_skip() if use else None
 
 
 def _model(tiny_llama, dtype, fused: bool, kernels=None, **method):

@@ -273,7 +273,7 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
         if device == "cpu" and compute.autocast is None and not cfg.compile:
             # hand-written RMSNorm / SwiGLU / attention passes: on a CPU, what torch.compile would fuse; with the
             # fused C kernels where they build (train/cpu_kernels.py)
-            kernels = cpu_kernels.resolve(cfg.cpu_kernels, device, True, None, False)
+            kernels = cpu_kernels.resolve(cfg.cpu_kernels, device, True, compute.autocast, cfg.compile)
             if kernels is None and cfg.cpu_kernels == "auto":
                 console.print(f"fused CPU kernels off, PyTorch ops instead (slower, same results): "
                               f"{cpu_kernels.build_problem()}; {cpu_kernels.INSTALL} to use them")
