@@ -34,26 +34,32 @@ def build(shape: str, tokenizer, device: str, use_liger: bool):
 
 
 def step_tensors(rows, group, pad_id, device, packing: bool, max_seq_len: int):
+    """The step's micro-batches as the training loop builds them: labels located on the CPU, then moved."""
     from tunesmith.data.batching import collate, collate_packed, packed_micro_batches
+    from tunesmith.train.loop import with_label_index
 
     if packing:
         examples = [i for ids in group for i in ids]
         micro = packed_micro_batches(rows, examples, max_seq_len, len(examples))
-        return [{k: v.to(device) for k, v in collate_packed([[rows[i] for i in r] for r in m], pad_id).items()}
-                for m in micro]
-    return [{k: v.to(device) for k, v in collate([rows[i] for i in ids], pad_id).items()} for ids in group]
+        batches = [collate_packed([[rows[i] for i in r] for r in m], pad_id) for m in micro]
+    else:
+        batches = [collate([rows[i] for i in ids], pad_id) for ids in group]
+    return [{k: v.to(device) for k, v in with_label_index(b).items()} for b in batches]
 
 
 def train_step(model, optimizer, params, tensors):
+    """One optimizer step as the training loop runs it: the loss summed on the device, read once."""
     import torch
 
     from tunesmith.train.loop import label_loss_sum
 
-    n_labels = sum(int((t["labels"][:, 1:] != -100).sum()) for t in tensors)
+    n_labels = sum(t["label_index"].numel() for t in tensors)
+    step_loss = 0
     for batch in tensors:
         loss_sum, _ = label_loss_sum(model, batch)
         (loss_sum / n_labels).backward()
-        loss_sum.item()
+        step_loss = step_loss + loss_sum.detach()
+    float(step_loss)
     float(torch.nn.utils.clip_grad_norm_(params, 1.0))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

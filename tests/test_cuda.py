@@ -116,3 +116,23 @@ def test_training_run_on_cuda(tiny_project, llama_module_restored):
     losses = [r["loss"] for r in records if r.get("loss") is not None]
     assert losses[-1] < losses[0]  # it learns
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_chunked_head_loss_never_makes_the_host_wait():
+    """On CUDA the chunked cross-entropy reads no device value (no branch on one, no nonzero): each such read would
+    make the host wait for the GPU, at every chunk. torch raises on any synchronizing call in "error" mode."""
+    from tunesmith.train.loss import linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(1000, 64, device="cuda", dtype=torch.bfloat16) / 8
+    labels = torch.randint(0, 1000, (300,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = linear_cross_entropy_sum(hidden, weight, labels, chunk_elements=64_000)  # 64 rows a chunk: 5 chunks
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    reference = torch.nn.functional.cross_entropy((hidden.detach().float() @ weight.float().T), labels, reduction="sum")
+    assert abs(loss.item() - reference.item()) < 1e-2 * reference.item()

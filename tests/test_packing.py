@@ -113,3 +113,20 @@ def test_a_padding_row_for_one_row_batches_changes_no_loss_or_gradient(tiny_llam
         assert torch.allclose(results[0][2], results[1][2], atol=1e-6)
     two = collate(rows[:2], tokenizer.pad_token_id)
     assert at_least_two_rows(two, tokenizer.pad_token_id) is two
+
+
+def test_label_index_points_at_every_labelled_next_token(tiny_llama):
+    """with_label_index (computed on the CPU so a GPU step needs no nonzero()) picks exactly the positions whose next
+    token carries a label, in row-major order, for padded and packed batches alike."""
+    from tunesmith.train.loop import with_label_index
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    rows = rows_for(tokenizer, 5, seed=3)
+    for batch in (collate(rows, tokenizer.pad_token_id), collate_packed([rows[:3], rows[3:]], tokenizer.pad_token_id)):
+        indexed = with_label_index(batch)
+        labels, index = batch["labels"], indexed["label_index"]
+        expected = [b * labels.shape[1] + t for b in range(labels.shape[0]) for t in range(labels.shape[1] - 1)
+                    if labels[b, t + 1] != -100]
+        assert index.tolist() == expected and len(expected) > 0
+        assert indexed["label_targets"].tolist() == labels.flatten()[index + 1].tolist()
+        assert -100 not in indexed["label_targets"].tolist()

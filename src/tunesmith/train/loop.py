@@ -52,6 +52,19 @@ def pick_device(setting: str) -> str:
     return setting
 
 
+def with_label_index(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch plus where its labels are: "label_index", the flat positions (into the [rows x width] hidden
+    states) whose next token carries a label, and "label_targets", those labels.
+
+    Call it where the batch is built, on the CPU. On a GPU, finding them there (a boolean index is a nonzero())
+    would make the host wait for the whole forward pass before it could queue the LM head and the backward pass.
+    """
+    labels = batch["labels"]
+    keep = labels[:, 1:] != IGNORE_INDEX
+    rows, columns = keep.nonzero(as_tuple=True)
+    return {**batch, "label_index": rows * labels.shape[1] + columns, "label_targets": labels[:, 1:][keep]}
+
+
 def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over labelled tokens, and their count.
 
@@ -59,8 +72,9 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     a third of the tokens, and it never builds the [batch x seq x vocab] logits tensor (49,152 columns for
     SmolLM2), which saves time and memory.
     """
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE_INDEX
+    if "label_index" not in batch:
+        batch = with_label_index(batch)
+    index, targets = batch["label_index"], batch["label_targets"]
     # No attention mask: collate() pads on the right, so under the causal mask a real token never sees padding
     # and the padded positions (which carry no label) are never read. Without a mask SDPA takes its fused
     # causal path; with one it is 20% slower on a CPU. Packed rows pass position ids instead (collate_packed).
@@ -68,7 +82,8 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         # FSDP gathers the embeddings and head in the root module's forward hooks, so the root forward must run
         # (whole-vocabulary logits: the price of sharding until the head is sharded separately).
         logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
-        return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum"), int(keep.sum())
+        selected = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+        return F.cross_entropy(selected.float(), targets, reduction="sum"), index.numel()
     base = unwrap(model)
     backbone = base.get_decoder()
     head = base.get_output_embeddings()
@@ -76,15 +91,15 @@ def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     # from restarting position ids only when no KV cache is in play.
     hidden = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                       use_cache=False).last_hidden_state
-    selected = hidden[:, :-1][keep]
+    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
     if type(head) is torch.nn.Linear and head.bias is None:
         if getattr(base, "_tunesmith_liger", False) and torch.is_grad_enabled() and selected.dtype == head.weight.dtype:
             # Liger's fused linear cross-entropy (CUDA, train/liger.py); evaluation keeps the exact path below.
-            return liger.head_loss_sum(selected, head.weight, labels[keep]), int(keep.sum())
+            return liger.head_loss_sum(selected, head.weight, targets), index.numel()
         # Chunked through the head (train/loss.py): the [labelled tokens x vocab] logits never exist at once.
-        return linear_cross_entropy_sum(selected, head.weight, labels[keep]), int(keep.sum())
+        return linear_cross_entropy_sum(selected, head.weight, targets), index.numel()
     # A head that adapters wrap (target_modules naming lm_head) runs as a module, logits and all.
-    return F.cross_entropy(head(selected).float(), labels[keep], reduction="sum"), int(keep.sum())
+    return F.cross_entropy(head(selected).float(), targets, reduction="sum"), index.numel()
 
 
 def compile_layers(model) -> int:
@@ -128,15 +143,15 @@ def read_tokenized(path: Path) -> list[Tokenized]:
 def eval_loss(model, rows: list[Tokenized], micro_batch_size: int, pad_id: int, device: str,
               compute: Compute | None = None) -> float:
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     for start in range(0, len(order), micro_batch_size):
         batch = collate([rows[i] for i in order[start:start + micro_batch_size]], pad_id)
         with compute.context(device) if compute else contextlib.nullcontext():
-            loss, n = label_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-        total, count = total + float(loss), count + n
+            loss, n = label_loss_sum(model, {k: v.to(device) for k, v in with_label_index(batch).items()})
+        total, count = total + loss.double(), count + n
     model.train()
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def _schedule(warmup_steps: int, total_steps: int):
@@ -352,26 +367,26 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
                     examples = [i for ids in group for i in ids]
                     micro = packed_micro_batches(train_rows, examples, max_seq_len, cfg.micro_batch_size,
                                                  cfg.micro_batch_tokens)
-                    tensors = [{k: v.to(device) for k, v in collate_packed(
-                        [[train_rows[i] for i in row] for row in rows], tokenizer.pad_token_id).items()}
-                        for rows in micro]
+                    tensors = [collate_packed([[train_rows[i] for i in row] for row in rows], tokenizer.pad_token_id)
+                               for rows in micro]
                 else:
-                    tensors = [{k: v.to(device) for k, v in collate([train_rows[i] for i in ids],
-                                                                      tokenizer.pad_token_id).items()}
-                               for ids in group]
+                    tensors = [collate([train_rows[i] for i in ids], tokenizer.pad_token_id) for ids in group]
                 if cfg.compile:
                     tensors = [at_least_two_rows(t, tokenizer.pad_token_id) for t in tensors]
+                # Labels located and counted here, on the CPU, and the step's loss summed on the device and read
+                # once: on a GPU each read of a device value makes the host wait for the work queued before it.
+                tensors = [{k: v.to(device) for k, v in with_label_index(t).items()} for t in tensors]
                 # Normalize by the labelled tokens of the whole optimizer step, so accumulation (and any number
                 # of processes) gives the same gradient as one big batch.
-                n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
-                step_loss = 0.0
+                n_labels = sum(t["label_index"].numel() for t in tensors)
+                step_loss = torch.zeros((), dtype=torch.float64, device=device)
                 for batch, weight in distributed.rank_share(tensors, d):
                     with compute.context(device):
                         loss_sum, _ = label_loss_sum(model, batch)
                     (loss_sum * (weight * distributed.loss_scale(d)) / n_labels).backward()
-                    step_loss += weight * loss_sum.item() / n_labels
+                    step_loss += loss_sum.detach().double() * weight / n_labels
                 distributed.sum_gradients(params, d)
-                step_loss = distributed.sum_all(step_loss, d)
+                step_loss = distributed.sum_all(step_loss.item(), d)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 lr = scheduler.get_last_lr()[0]
                 finite = guard.finite(step_loss, grad_norm)

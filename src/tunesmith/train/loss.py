@@ -32,22 +32,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # Evaluation: the exact loss, log_softmax read in the logits' dtype and written in fp32.
                 total -= torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(1, y[:, None]).sum()
                 continue
-            # Training: one softmax pass in the compute dtype (fp32 inside, written in bf16) is the gradient, and
-            # the loss is -log of its label entries. Measured on this CPU, 682 x 49,152 bf16 logits: 43 ms against
-            # 262 ms for an fp32 log_softmax, its exp and the cast to bf16. The logged training loss then carries
-            # bf16's rounding of each probability (a relative 2^-9: at most ~0.002 nats per token); a probability
-            # that rounds to zero (a label ~87 nats below the top logit) is read from an fp32 log_softmax instead.
-            probs = torch.softmax(logits, dim=-1)
             rows = torch.arange(len(y), device=y.device)
-            picked = probs[rows, y].float()
-            lost = picked == 0
-            if lost.any():
-                total -= torch.log_softmax(logits[lost].float(), dim=-1).gather(1, y[lost, None]).sum()
-                picked = picked[~lost]
-            del logits  # a chunk of logits (32 MB in bf16 for SmolLM2) less while the gradient GEMMs run
-            total -= picked.log().sum()
+            if logits.is_cuda:
+                # On a GPU: an exact fp32 log-softmax, with no branch on a device value (that would make the host
+                # wait for the GPU at every chunk); the elementwise passes are cheap there.
+                logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+                del logits
+                total -= logp.gather(1, y[:, None]).sum()
+                grad = logp.exp_().to(h.dtype)
+                del logp
+            else:
+                grad = _softmax_and_loss(logits, y, rows, total)
+                del logits  # a chunk of logits (32 MB in bf16 for SmolLM2) less while the gradient GEMMs run
             # d(sum CE)/d logits = softmax - one_hot(label), in place
-            grad = probs
             grad[rows, y] -= 1.0
             if want_hidden:
                 grad_hidden[lo:lo + chunk] = grad @ weight.to(h.dtype)
@@ -62,6 +59,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype),
                 None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype), None, None)
+
+
+def _softmax_and_loss(logits: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """The softmax of a chunk of logits, in their dtype; subtracts the chunk's summed loss from total in place.
+
+    On a CPU one softmax pass in the compute dtype (fp32 inside, written in bf16) is the gradient, and the loss is
+    -log of its label entries. Measured on this CPU, 682 x 49,152 bf16 logits: 43 ms against 262 ms for an fp32
+    log_softmax, its exp and the cast to bf16. The logged training loss then carries bf16's rounding of each
+    probability (a relative 2^-9: at most ~0.002 nats per token); a probability that rounds to zero (a label ~87
+    nats below the top logit) is read from an fp32 log_softmax instead.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    picked = probs[rows, y].float()
+    lost = picked == 0
+    if lost.any():
+        total -= torch.log_softmax(logits[lost].float(), dim=-1).gather(1, y[lost, None]).sum()
+        picked = picked[~lost]
+    total -= picked.log().sum()
+    return probs
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
