@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models.adapters import unwrap
-from tunesmith.train.lora_fast import group_forward, join_frozen_weights, lora_forward, lora_parts, plain
+from tunesmith.train.lora_fast import group_forward, join_frozen_weights, lora_forward, lora_parts, outer_grad, plain
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
 # Rows up to EAGER_MAX_TOKENS take the matrix-product attention below; longer rows take SDPA's flash kernel
@@ -211,7 +211,7 @@ class _SwiGLULora(torch.autograd.Function):
         elif want_a:
             product = _silu_mul(gate_up, ctx.kernels)
         grad_a = (gz.T @ product.reshape(-1, cols)).to(ctx.dtypes[0]) if want_a else None
-        grad_b = (g.T @ z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
+        grad_b = outer_grad(g, z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
         return grad_gate_up, None, None, None, grad_a, grad_b, None
 
 

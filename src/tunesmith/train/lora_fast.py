@@ -30,6 +30,13 @@ def lora_forward(x2: torch.Tensor, weight, bias, a: torch.Tensor, b: torch.Tenso
     return base.addmm_(z, b.T, alpha=scaling), z  # in place: addmm(base, ...) would first copy base
 
 
+def outer_grad(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """g^T @ z for g [tokens, out] and z [tokens, r] (B's gradient), computed as (z^T @ g)^T from a contiguous
+    copy of z^T (r x tokens: small). Reading g^T as a transposed view is what slows the direct product: measured
+    on this CPU, bf16, 1,992 tokens, out 3,072, r 32: 1.31 ms direct, 0.68 ms this way (960 x 48: 0.47 -> 0.31)."""
+    return (z.t().contiguous() @ g).t()
+
+
 def lora_backward(g: torch.Tensor, x2, z, weight, a, b, scaling: float, want_x: bool, dtypes):
     """The gradients lora_forward's inputs need, from g = d loss / d y ([tokens, out]). x2 may be a function
     that rebuilds the input (only A's gradient reads it). Returns (grad_x2, grad_a, grad_b); None where
@@ -40,7 +47,7 @@ def lora_backward(g: torch.Tensor, x2, z, weight, a, b, scaling: float, want_x: 
     if dtypes[0] is not None:
         grad_a = (gz.T @ (x2() if callable(x2) else x2)).to(dtypes[0])
     if dtypes[1] is not None:
-        grad_b = (g.T @ z).mul_(scaling).to(dtypes[1])
+        grad_b = outer_grad(g, z).mul_(scaling).to(dtypes[1])
     return grad_x, grad_a, grad_b
 
 
@@ -105,7 +112,7 @@ class _LoraGroup(torch.autograd.Function):
         if any(ctx.needs_input_grad[4:]):  # the adapters (the frozen weights and biases never need one)
             x = ctx.rebuild(*inputs) if ctx.rebuild is not None else inputs[0]
             grad_a = (gz.T @ x.reshape(-1, a.shape[1])).split(ctx.ranks)
-            grad_b = g.T @ z  # [sum out, sum r]: only the diagonal blocks are B's gradients
+            grad_b = outer_grad(g, z)  # [sum out, sum r]: only the diagonal blocks are B's gradients
             out0 = r0 = 0
             for i, (out, r) in enumerate(zip(ctx.outs, ctx.ranks)):
                 grads[4 * i + 2] = grad_a[i].to(ctx.dtypes[0][i])
