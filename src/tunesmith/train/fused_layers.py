@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models.adapters import unwrap
-from tunesmith.train.lora_fast import group_forward, join_frozen_weights, lora_forward, lora_parts, outer_grad, plain
+from tunesmith.train.lora_fast import (group_forward, join_frozen_weights, lora_forward, lora_parts, outer_grad, plain,
+                                       scaled)
 from tunesmith.train.precision import EAGER_MAX_TOKENS
 
 # Rows up to EAGER_MAX_TOKENS take the matrix-product attention below; longer rows take SDPA's flash kernel
@@ -191,8 +192,8 @@ class _SwiGLULora(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate_up, kernels, weight, bias, lora_a, lora_b, scaling: float):
         h = _silu_mul(gate_up, kernels)
-        a, b = lora_a.to(h.dtype), lora_b.to(h.dtype)
-        y, z = lora_forward(h.reshape(-1, h.shape[-1]), weight, bias, a, b, scaling)
+        a, b = lora_a.to(h.dtype), scaled(lora_b, scaling, h.dtype)
+        y, z = lora_forward(h.reshape(-1, h.shape[-1]), weight, bias, a, b)
         ctx.save_for_backward(gate_up, z, weight, a, b)
         ctx.kernels, ctx.scaling, ctx.dtypes = kernels, scaling, (lora_a.dtype, lora_b.dtype)
         return y.reshape(*h.shape[:-1], y.shape[-1])
@@ -203,7 +204,7 @@ class _SwiGLULora(torch.autograd.Function):
         want_input, _, _, _, want_a, want_b, _ = ctx.needs_input_grad
         cols = gate_up.shape[-1] // 2
         g = grad_y.reshape(-1, grad_y.shape[-1]).to(gate_up.dtype)
-        gz = (g @ b).mul_(ctx.scaling)  # d loss / d z, [tokens, r]
+        gz = g @ b  # d loss / d z, [tokens, r] (b holds the scaling)
         grad_gate_up = product = None
         if want_input:
             grad_h = (g @ weight).addmm_(gz, a).reshape(*gate_up.shape[:-1], cols)
@@ -211,7 +212,7 @@ class _SwiGLULora(torch.autograd.Function):
         elif want_a:
             product = _silu_mul(gate_up, ctx.kernels)
         grad_a = (gz.T @ product.reshape(-1, cols)).to(ctx.dtypes[0]) if want_a else None
-        grad_b = outer_grad(g, z).mul_(ctx.scaling).to(ctx.dtypes[1]) if want_b else None
+        grad_b = scaled(outer_grad(g, z), ctx.scaling, ctx.dtypes[1]) if want_b else None
         return grad_gate_up, None, None, None, grad_a, grad_b, None
 
 

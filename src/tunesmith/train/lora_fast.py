@@ -6,7 +6,7 @@ the result in a separate pass and adds it back. Profiled on this 2-core CPU (Smo
 seven projections, 8 rows x ~240 tokens) those casts, skinny GEMMs and scalings were more than half of the step.
 
 Here the fp32 adapter weights are cast to the activations' dtype instead (a [r x in] and an [out x r] matrix:
-negligible), the scaling is folded into one addmm, and the backward pass computes only the gradients autograd
+negligible), the scaling is folded into B as it is cast, and the backward pass computes only the gradients autograd
 asks for. The adapter weights stay fp32 parameters, so the optimizer updates fp32 master weights; only the
 matrix products run in bf16, as under autocast. Measured on one 576 -> 1536 projection, 1,928 tokens, forward +
 backward: PEFT's path 46-57 ms, this one 18-20 ms, the frozen projection alone 10-12 ms.
@@ -22,32 +22,44 @@ import types
 import torch
 
 
-def lora_forward(x2: torch.Tensor, weight, bias, a: torch.Tensor, b: torch.Tensor, scaling: float):
-    """y = x2 @ weight^T + bias + scaling * (x2 @ a^T) @ b^T for 2-D x2, with a and b already in x2's dtype;
-    returns y and z = x2 @ a^T, which B's gradient needs."""
+def scaled(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """x * scale as a new contiguous tensor of `dtype`: the scaling and the cast in one pass (one kernel on a GPU,
+    where the host's time per launched kernel is what bounds a LoRA step of a small model)."""
+    return torch.mul(x, scale, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+
+def lora_forward(x2: torch.Tensor, weight, bias, a: torch.Tensor, b: torch.Tensor):
+    """y = x2 @ weight^T + bias + (x2 @ a^T) @ b^T for 2-D x2, with a and b already in x2's dtype and b holding the
+    LoRA scaling (scaled(B, scaling, dtype)); returns y and z = x2 @ a^T, which B's gradient needs."""
     z = x2 @ a.T  # [tokens, r]
     base = x2 @ weight.T if bias is None else torch.addmm(bias.to(x2.dtype), x2, weight.T)
-    return base.addmm_(z, b.T, alpha=scaling), z  # in place: addmm(base, ...) would first copy base
+    return base.addmm_(z, b.T), z  # in place: addmm(base, ...) would first copy base
 
 
 def outer_grad(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """g^T @ z for g [tokens, out] and z [tokens, r] (B's gradient), computed as (z^T @ g)^T from a contiguous
-    copy of z^T (r x tokens: small). Reading g^T as a transposed view is what slows the direct product: measured
-    on this CPU, bf16, 1,992 tokens, out 3,072, r 32: 1.31 ms direct, 0.68 ms this way (960 x 48: 0.47 -> 0.31)."""
-    return (z.t().contiguous() @ g).t()
+    """g^T @ z for g [tokens, out] and z [tokens, r] (B's gradient, unscaled).
+
+    On a CPU it is computed as (z^T @ g)^T from a contiguous copy of z^T (r x tokens: small): reading g^T as a
+    transposed view is what slows the direct product there. Measured on this CPU, bf16, 1,992 tokens, out 3,072,
+    r 32: 1.31 ms direct, 0.68 ms this way (960 x 48: 0.47 -> 0.31). cuBLAS reads transposes for free, so a GPU
+    takes the direct product and launches no copy."""
+    if g.is_cpu:
+        return (z.t().contiguous() @ g).t()
+    return g.T @ z
 
 
 def lora_backward(g: torch.Tensor, x2, z, weight, a, b, scaling: float, want_x: bool, dtypes):
-    """The gradients lora_forward's inputs need, from g = d loss / d y ([tokens, out]). x2 may be a function
-    that rebuilds the input (only A's gradient reads it). Returns (grad_x2, grad_a, grad_b); None where
-    not wanted (want_x false, dtypes[i] None), else A's and B's in dtypes[0] and dtypes[1]."""
-    gz = (g @ b).mul_(scaling)  # d loss / d z, [tokens, r]
+    """The gradients lora_forward's inputs need, from g = d loss / d y ([tokens, out]); b is the scaled B that
+    lora_forward used. x2 may be a function that rebuilds the input (only A's gradient reads it). Returns
+    (grad_x2, grad_a, grad_b); None where not wanted (want_x false, dtypes[i] None), else A's and B's in dtypes[0]
+    and dtypes[1]."""
+    gz = g @ b  # d loss / d z, [tokens, r], the scaling included
     grad_x = (g @ weight).addmm_(gz, a) if want_x else None
     grad_a = grad_b = None
     if dtypes[0] is not None:
         grad_a = (gz.T @ (x2() if callable(x2) else x2)).to(dtypes[0])
     if dtypes[1] is not None:
-        grad_b = outer_grad(g, z).mul_(scaling).to(dtypes[1])
+        grad_b = scaled(outer_grad(g, z), scaling, dtypes[1])
     return grad_x, grad_a, grad_b
 
 
@@ -56,8 +68,8 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        y, z = lora_forward(x2, weight, bias, a, b, scaling)
+        a, b = lora_a.to(x.dtype), scaled(lora_b, scaling, x.dtype)
+        y, z = lora_forward(x2, weight, bias, a, b)
         ctx.save_for_backward(x2, z, weight, a, b)
         ctx.scaling, ctx.dtypes = scaling, (lora_a.dtype, lora_b.dtype)
         return y.reshape(*shape[:-1], y.shape[-1])
@@ -88,7 +100,8 @@ class _LoraGroup(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1])
         weights, biases = params[0::4], params[1::4]
         a = torch.cat([p.to(x.dtype) for p in params[2::4]])  # [sum r, in]
-        b = torch.block_diag(*[p.to(x.dtype) * scale for p, scale in zip(params[3::4], scalings)])  # [sum out, sum r]
+        # [sum out, sum r], each block scaled
+        b = torch.block_diag(*[scaled(p, scale, x.dtype) for p, scale in zip(params[3::4], scalings)])
         z = x2 @ a.T
         y = x2 @ joined.T
         if any(bias is not None for bias in biases):
@@ -116,7 +129,7 @@ class _LoraGroup(torch.autograd.Function):
             out0 = r0 = 0
             for i, (out, r) in enumerate(zip(ctx.outs, ctx.ranks)):
                 grads[4 * i + 2] = grad_a[i].to(ctx.dtypes[0][i])
-                grads[4 * i + 3] = (grad_b[out0:out0 + out, r0:r0 + r] * ctx.scalings[i]).to(ctx.dtypes[1][i])
+                grads[4 * i + 3] = scaled(grad_b[out0:out0 + out, r0:r0 + r], ctx.scalings[i], ctx.dtypes[1][i])
                 out0, r0 = out0 + out, r0 + r
         grad_x = None
         if ctx.needs_input_grad[0]:
