@@ -56,7 +56,7 @@ def with_label_index(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch plus where its labels are: "label_index", the flat positions (into the [rows x width] hidden
     states) whose next token carries a label, and "label_targets", those labels.
 
-    Call it where the batch is built, on the CPU. On a GPU, finding them there (a boolean index is a nonzero())
+    Call it where the batch is built, on the CPU. Found on a GPU instead (a boolean index is a nonzero()), they
     would make the host wait for the whole forward pass before it could queue the LM head and the backward pass.
     """
     labels = batch["labels"]
