@@ -33,20 +33,6 @@ def build(shape: str, tokenizer, device: str, use_liger: bool):
     return model
 
 
-def step_tensors(rows, group, pad_id, device, packing: bool, max_seq_len: int):
-    """The step's micro-batches as the training loop builds them: labels located on the CPU, then moved."""
-    from tunesmith.data.batching import collate, collate_packed, packed_micro_batches
-    from tunesmith.train.loop import with_label_index
-
-    if packing:
-        examples = [i for ids in group for i in ids]
-        micro = packed_micro_batches(rows, examples, max_seq_len, len(examples))
-        batches = [collate_packed([[rows[i] for i in r] for r in m], pad_id) for m in micro]
-    else:
-        batches = [collate([rows[i] for i in ids], pad_id) for ids in group]
-    return [{k: v.to(device) for k, v in with_label_index(b).items()} for b in batches]
-
-
 def train_step(model, optimizer, params, tensors):
     """One optimizer step as the training loop runs it: the loss summed on the device, read once."""
     import torch
@@ -81,6 +67,7 @@ def main() -> None:
 
     from tunesmith.data.batching import step_groups
     from tunesmith.train import liger
+    from tunesmith.train.loop import step_batches
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer, _, rows = bitext_rows(args.tokenizer, args.data, args.rows, args.max_seq_len)
@@ -100,7 +87,8 @@ def main() -> None:
         for group in groups[:args.steps]:
             sync()
             started = time.perf_counter()
-            tensors = step_tensors(rows, group, tokenizer.pad_token_id, device, packing, args.max_seq_len)
+            tensors = step_batches(rows, group, tokenizer.pad_token_id, device, packing, args.max_seq_len,
+                                   args.batch)
             train_step(model, optimizer, params, tensors)
             sync()
             times.append(time.perf_counter() - started)
@@ -116,7 +104,8 @@ def main() -> None:
             with profile(activities=activities) as prof:
                 for group in groups[args.steps:args.steps + 3]:
                     train_step(model, optimizer, params,
-                               step_tensors(rows, group, tokenizer.pad_token_id, device, packing, args.max_seq_len))
+                               step_batches(rows, group, tokenizer.pad_token_id, device, packing, args.max_seq_len,
+                                            args.batch))
                 sync()
             profiled = name
             averages = prof.key_averages()

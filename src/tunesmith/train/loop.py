@@ -65,6 +65,23 @@ def with_label_index(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**batch, "label_index": rows * labels.shape[1] + columns, "label_targets": labels[:, 1:][keep]}
 
 
+def step_batches(rows: list[Tokenized], group: list[list[int]], pad_id: int, device: str, packing: bool,
+                 max_seq_len: int, micro_batch_size: int, micro_batch_tokens: int | None = None,
+                 two_rows: bool = False) -> list[dict[str, torch.Tensor]]:
+    """One optimizer step's micro-batches on `device`: the group's rows packed (packed_micro_batches) or
+    right-padded per micro-batch, a padding row added to one-row batches when two_rows (train.compile), and the
+    labels located on the CPU (with_label_index) before the tensors move."""
+    if packing:
+        examples = [i for ids in group for i in ids]
+        micro = packed_micro_batches(rows, examples, max_seq_len, micro_batch_size, micro_batch_tokens)
+        batches = [collate_packed([[rows[i] for i in row] for row in packed], pad_id) for packed in micro]
+    else:
+        batches = [collate([rows[i] for i in ids], pad_id) for ids in group]
+    if two_rows:
+        batches = [at_least_two_rows(b, pad_id) for b in batches]
+    return [{k: v.to(device) for k, v in with_label_index(b).items()} for b in batches]
+
+
 def label_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over labelled tokens, and their count.
 
@@ -363,19 +380,10 @@ def fit(config: ProjectConfig, run_dir: Path, base_path: str, tokenizer, resume:
             groups = epoch_steps(epoch_index)
             for group in groups[step - epoch_index * steps_per_epoch:]:
                 started = time.perf_counter()
-                if packing:
-                    examples = [i for ids in group for i in ids]
-                    micro = packed_micro_batches(train_rows, examples, max_seq_len, cfg.micro_batch_size,
-                                                 cfg.micro_batch_tokens)
-                    tensors = [collate_packed([[train_rows[i] for i in row] for row in rows], tokenizer.pad_token_id)
-                               for rows in micro]
-                else:
-                    tensors = [collate([train_rows[i] for i in ids], tokenizer.pad_token_id) for ids in group]
-                if cfg.compile:
-                    tensors = [at_least_two_rows(t, tokenizer.pad_token_id) for t in tensors]
-                # Labels located and counted here, on the CPU, and the step's loss summed on the device and read
-                # once: on a GPU each read of a device value makes the host wait for the work queued before it.
-                tensors = [{k: v.to(device) for k, v in with_label_index(t).items()} for t in tensors]
+                tensors = step_batches(train_rows, group, tokenizer.pad_token_id, device, packing, max_seq_len,
+                                       cfg.micro_batch_size, cfg.micro_batch_tokens, two_rows=cfg.compile)
+                # The step's loss is summed on the device and read once: on a GPU each read of a device value makes
+                # the host wait for the work queued before it.
                 # Normalize by the labelled tokens of the whole optimizer step, so accumulation (and any number
                 # of processes) gives the same gradient as one big batch.
                 n_labels = sum(t["label_index"].numel() for t in tensors)
